@@ -1,0 +1,53 @@
+//! Command-line interface of `primiad`: one module per subcommand.
+//!
+//! Exit codes: 0 success, 1 an error (printed to stderr), 2 bad usage (clap).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod inspect;
+pub mod train_local;
+
+/// primia: federated, securely aggregated training of medical-imaging models
+/// between hospitals, with no central server.
+#[derive(Debug, Parser)]
+#[command(name = "primiad", version, about)]
+pub struct Cli {
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what the image loader makes of one file (DICOM, PNG, JPEG).
+    Inspect(inspect::Args),
+    /// Train the model centrally on one dataset and print test metrics.
+    TrainLocal(train_local::Args),
+}
+
+/// Logs go to stderr so that stdout carries only data.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::TrainLocal(args) => train_local::run(args),
+    }
+}

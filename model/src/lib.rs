@@ -1,0 +1,1 @@
+//! Chest X-ray networks, training, evaluation and medical image loading.

@@ -1,0 +1,2 @@
+//! Wire messages, roster and the sans-IO secure-aggregation round of primia.
+#![forbid(unsafe_code)]

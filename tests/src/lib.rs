@@ -1,0 +1,1 @@
+//! Shared helpers for the workspace tests (real daemons, shared data).
