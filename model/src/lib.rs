@@ -1,1 +1,3 @@
 //! Chest X-ray networks, training, evaluation and medical image loading.
+
+pub mod imaging;

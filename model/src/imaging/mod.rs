@@ -1,0 +1,1 @@
+//! Decoding of real medical image files (DICOM, PNG, JPEG) and folders of them.
