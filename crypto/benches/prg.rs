@@ -1,0 +1,63 @@
+//! Benchmarks of the round's hot primitives: mask expansion, Shamir, agreement.
+//!
+//! `cargo bench -p primia-crypto --bench prg`. Throughput of the mask PRG is
+//! reported in bytes of mask per second (8 bytes per ring element).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use primia_crypto::{AgreementSecret, Interpolator, Secret32, Share, prg, reconstruct, split};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+fn bench_mask(c: &mut Criterion) {
+    let seed = Secret32::from_bytes([7; 32]);
+    let mut group = c.benchmark_group("prg");
+    for len in [1_000_000usize, 100_000] {
+        let mut v = vec![0u64; len];
+        group.throughput(Throughput::Bytes(8 * len as u64));
+        group.bench_with_input(BenchmarkId::new("add_mask", len), &len, |b, _| {
+            b.iter(|| prg::add_mask(black_box(&seed), black_box(&mut v)))
+        });
+        group.bench_with_input(BenchmarkId::new("sub_mask", len), &len, |b, _| {
+            b.iter(|| prg::sub_mask(black_box(&seed), black_box(&mut v)))
+        });
+    }
+    group.finish();
+}
+
+fn bench_shamir(c: &mut Criterion) {
+    let (t, n) = (51u16, 100u16);
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let secret = Secret32::random(&mut rng);
+    let mut group = c.benchmark_group("shamir");
+    group.bench_function("split n=100 t=51", |b| {
+        b.iter(|| split(black_box(&secret), t, n, &mut rng).unwrap())
+    });
+    let shares: Vec<Share> = split(&secret, t, n, &mut rng).unwrap();
+    group.bench_function("reconstruct n=100 t=51", |b| {
+        b.iter(|| reconstruct(black_box(&shares), t).unwrap())
+    });
+    let indices: Vec<u16> = shares[..usize::from(t)].iter().map(Share::index).collect();
+    group.bench_function("interpolator new t=51", |b| {
+        b.iter(|| Interpolator::new(black_box(&indices)).unwrap())
+    });
+    let ip = Interpolator::new(&indices).unwrap();
+    let refs: Vec<&Share> = shares[..usize::from(t)].iter().collect();
+    group.bench_function("interpolator combine t=51", |b| {
+        b.iter(|| ip.combine(black_box(&refs)).unwrap())
+    });
+    group.finish();
+}
+
+fn bench_agree(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let a = AgreementSecret::generate(&mut rng);
+    let b = AgreementSecret::generate(&mut rng).public();
+    c.bench_function("x25519 agree", |bench| {
+        bench.iter(|| a.agree(black_box(&b)).unwrap())
+    });
+}
+
+criterion_group!(benches, bench_mask, bench_shamir, bench_agree);
+criterion_main!(benches);

@@ -1,0 +1,239 @@
+//! Long-term ed25519 identity of a member: signing and strict verification.
+//!
+//! # What is signed (pinned)
+//!
+//! `sign(context, msg)` signs with ed25519 the 32-byte digest
+//! `kdf::hash(kdf::SIGNED_DIGEST, [context, msg])` (blake3 in derive-key mode
+//! over the length-prefixed context and message). The context separates
+//! domains; the length prefixes make (context, msg) unambiguous; hashing first
+//! with blake3 keeps signing a multi-megabyte message cheap, where ed25519
+//! alone would run SHA-512 over it twice. Verification is ed25519-dalek's
+//! `verify_strict`, which rejects non-canonical and small-order encodings.
+
+use core::fmt;
+
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use rand_core::CryptoRng;
+
+use crate::{CryptoError, Result, Secret32, hex, kdf};
+
+/// A member's long-term signing key. Zeroized on drop (by ed25519-dalek and by
+/// [`Secret32`]); `Debug` shows only the public key.
+pub struct IdentityKey {
+    /// Kept beside the expanded key because the key file stores the seed.
+    seed: Secret32,
+    signing: SigningKey,
+}
+
+impl IdentityKey {
+    /// The key whose ed25519 secret is `seed`.
+    pub fn from_seed(seed: &Secret32) -> Self {
+        Self {
+            seed: Secret32::from_bytes(*seed.expose()),
+            signing: SigningKey::from_bytes(seed.expose()),
+        }
+    }
+
+    /// A fresh key from `rng`.
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        Self::from_seed(&Secret32::random(rng))
+    }
+
+    /// The seed, for writing the key file (mode 0600) only.
+    pub fn seed(&self) -> &Secret32 {
+        &self.seed
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicIdentity {
+        PublicIdentity(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `msg` under `context` (see the module doc for the exact bytes).
+    pub fn sign(&self, context: &str, msg: &[u8]) -> Signature {
+        Signature(self.signing.sign(&signed_digest(context, msg)).to_bytes())
+    }
+}
+
+impl fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityKey")
+            .field("public", &self.public())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The digest that ed25519 signs for (context, msg).
+fn signed_digest(context: &str, msg: &[u8]) -> [u8; 32] {
+    kdf::hash(kdf::SIGNED_DIGEST, &[context.as_bytes(), msg])
+}
+
+/// A member's ed25519 public key, validated on construction.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicIdentity([u8; 32]);
+
+impl PublicIdentity {
+    /// Parses a public key; rejects bytes that are not a curve point and
+    /// small-order (weak) points, for which a signature proves nothing.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey {
+            reason: "not a valid compressed edwards point",
+        })?;
+        if key.is_weak() {
+            return Err(CryptoError::InvalidPublicKey {
+                reason: "small-order point",
+            });
+        }
+        Ok(Self(*bytes))
+    }
+
+    /// The 32 encoded bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// All 32 bytes as lower-case hex (`Display` shows only the first 8).
+    pub fn to_hex(&self) -> String {
+        hex::to_hex(&self.0)
+    }
+
+    /// Strictly verifies `sig` over (context, msg).
+    pub fn verify(&self, context: &str, msg: &[u8], sig: &Signature) -> Result<()> {
+        let bad = || CryptoError::BadSignature {
+            context: context.to_owned(),
+        };
+        // Validated in `from_bytes`, so this cannot fail; map it anyway.
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| bad())?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+        key.verify_strict(&signed_digest(context, msg), &sig)
+            .map_err(|_| bad())
+    }
+}
+
+impl fmt::Display for PublicIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex::write_hex(f, &self.0[..8])
+    }
+}
+
+impl fmt::Debug for PublicIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicIdentity({self})")
+    }
+}
+
+/// An ed25519 signature (64 bytes). Parsing never fails; a malformed
+/// signature fails verification.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature([u8; 64]);
+
+impl Signature {
+    /// Wraps 64 bytes.
+    pub fn from_bytes(b: &[u8; 64]) -> Self {
+        Self(*b)
+    }
+
+    /// The 64 bytes.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        self.0
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Signature(")?;
+        hex::write_hex(f, &self.0[..8])?;
+        f.write_str("..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn key(seed: u64) -> IdentityKey {
+        IdentityKey::generate(&mut ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    #[test]
+    fn sign_verify_roundtrip() {
+        let k = key(1);
+        let sig = k.sign(kdf::MESSAGE_SIGNATURE, b"hello");
+        let public = PublicIdentity::from_bytes(k.public().as_bytes()).unwrap();
+        public
+            .verify(kdf::MESSAGE_SIGNATURE, b"hello", &sig)
+            .unwrap();
+        let sig2 = Signature::from_bytes(&sig.to_bytes());
+        assert_eq!(sig, sig2);
+    }
+
+    #[test]
+    fn wrong_message_context_key_or_bits_fail() {
+        let k = key(2);
+        let sig = k.sign("ctx", b"msg");
+        let p = k.public();
+        assert!(p.verify("ctx", b"msg!", &sig).is_err());
+        assert!(p.verify("ctx2", b"msg", &sig).is_err());
+        // Moving bytes between context and message changes the digest.
+        assert!(p.verify("ct", b"xmsg", &sig).is_err());
+        assert!(key(3).public().verify("ctx", b"msg", &sig).is_err());
+        for bit in [0usize, 100, 300, 511] {
+            let mut b = sig.to_bytes();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(p.verify("ctx", b"msg", &Signature::from_bytes(&b)).is_err());
+        }
+        let err = p.verify("ctx", b"other", &sig).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "signature does not verify under context \"ctx\""
+        );
+    }
+
+    #[test]
+    fn signature_is_deterministic_and_seed_roundtrips() {
+        let k = key(4);
+        let k2 = IdentityKey::from_seed(k.seed());
+        assert_eq!(k.public(), k2.public());
+        assert_eq!(k.sign("c", b"m"), k2.sign("c", b"m"));
+    }
+
+    #[test]
+    fn rejects_invalid_and_weak_public_keys() {
+        // The identity point (small order) encodes as 1 followed by zeros.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(matches!(
+            PublicIdentity::from_bytes(&identity),
+            Err(CryptoError::InvalidPublicKey {
+                reason: "small-order point"
+            })
+        ));
+        // About half of all y coordinates are not on the curve.
+        let rejected = (2u8..40)
+            .filter(|&y| {
+                let mut b = [0u8; 32];
+                b[0] = y;
+                PublicIdentity::from_bytes(&b)
+                    == Err(CryptoError::InvalidPublicKey {
+                        reason: "not a valid compressed edwards point",
+                    })
+            })
+            .count();
+        assert!(rejected > 5, "only {rejected} of 38 rejected");
+    }
+
+    #[test]
+    fn display_is_short_hex() {
+        let k = key(5);
+        let p = k.public();
+        assert_eq!(p.to_string().len(), 16);
+        assert!(p.to_hex().starts_with(&p.to_string()));
+        assert_eq!(format!("{p:?}"), format!("PublicIdentity({p})"));
+        assert_eq!(
+            format!("{k:?}"),
+            format!("IdentityKey {{ public: PublicIdentity({p}), .. }}")
+        );
+    }
+}
