@@ -24,6 +24,26 @@ fn bench_mask(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Ten masks over one vector: one pass per seed against one fused pass.
+    let seeds: Vec<Secret32> = (0..10u8).map(|i| Secret32::from_bytes([i; 32])).collect();
+    let refs: Vec<&Secret32> = seeds.iter().collect();
+    let mut group = c.benchmark_group("prg10");
+    for len in [1_000_000usize, 100_000] {
+        let mut v = vec![0u64; len];
+        group.throughput(Throughput::Bytes(10 * 8 * len as u64));
+        group.bench_with_input(BenchmarkId::new("add_mask x10", len), &len, |b, _| {
+            b.iter(|| {
+                for s in &refs {
+                    prg::add_mask(s, black_box(&mut v));
+                }
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("apply_masks 10", len), &len, |b, _| {
+            b.iter(|| prg::apply_masks(black_box(&refs[..5]), &refs[5..], black_box(&mut v)))
+        });
+    }
+    group.finish();
 }
 
 fn bench_shamir(c: &mut Criterion) {

@@ -90,6 +90,49 @@ pub fn expand(seed: &Secret32, out: &mut [Ring]) {
     apply(seed, out, |_, m| m);
 }
 
+/// `out[i] += sum_{s in add} PRG(s)[i] - sum_{s in sub} PRG(s)[i]` (wrapping):
+/// many masks in one pass over `out`.
+///
+/// The same result as calling [`add_mask`] and [`sub_mask`] per seed, but
+/// each [`CHUNK_BYTES`] piece of `out` is loaded once and receives every
+/// mask while it sits in L1, instead of streaming the whole vector through
+/// memory once per seed. A member applies its self mask and all pairwise
+/// masks this way; the aggregator removes the self masks of the survivors and
+/// the pairwise masks of the dropped members. Allocates one XOF state per
+/// seed, nothing per element.
+pub fn apply_masks(add: &[&Secret32], sub: &[&Secret32], out: &mut [Ring]) {
+    let mut readers: Vec<(blake3::OutputReader, bool)> = add
+        .iter()
+        .map(|s| (reader(s), true))
+        .chain(sub.iter().map(|s| (reader(s), false)))
+        .collect();
+    let mut buf = [0u8; CHUNK_BYTES];
+    for chunk in out.chunks_mut(CHUNK_WORDS) {
+        let bytes = &mut buf[..chunk.len() * 8];
+        for (xof, plus) in &mut readers {
+            xof.fill(bytes);
+            let words = bytes
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("chunks of 8 bytes")));
+            if *plus {
+                chunk
+                    .iter_mut()
+                    .zip(words)
+                    .for_each(|(o, m)| *o = o.wrapping_add(m));
+            } else {
+                chunk
+                    .iter_mut()
+                    .zip(words)
+                    .for_each(|(o, m)| *o = o.wrapping_sub(m));
+            }
+        }
+    }
+    buf.zeroize();
+    for (xof, _) in &mut readers {
+        xof.zeroize();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +209,36 @@ mod tests {
         assert_eq!(v, expect);
         sub_mask(&seed(1), &mut v);
         assert_eq!(v, orig);
+    }
+
+    #[test]
+    fn apply_masks_equals_one_pass_per_seed() {
+        let n = CHUNK_WORDS * 2 + 5;
+        let orig: Vec<u64> = (0..n as u64).map(|i| i * 3).collect();
+        let seeds: Vec<Secret32> = (1..=5).map(seed).collect();
+        let mut fused = orig.clone();
+        apply_masks(
+            &[&seeds[0], &seeds[1], &seeds[2]],
+            &[&seeds[3], &seeds[4]],
+            &mut fused,
+        );
+        let mut single = orig.clone();
+        for s in &seeds[..3] {
+            add_mask(s, &mut single);
+        }
+        for s in &seeds[3..] {
+            sub_mask(s, &mut single);
+        }
+        assert_eq!(fused, single);
+        // Removing them again in one call restores the input.
+        apply_masks(
+            &[&seeds[3], &seeds[4]],
+            &[&seeds[0], &seeds[1], &seeds[2]],
+            &mut fused,
+        );
+        assert_eq!(fused, orig);
+        apply_masks(&[], &[], &mut fused);
+        assert_eq!(fused, orig);
     }
 
     #[test]
