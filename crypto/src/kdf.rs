@@ -8,11 +8,11 @@
 //!
 //! # Encoding of inputs (pinned)
 //!
-//! Both [`derive`] and [`hash`] run blake3 in `derive_key` mode under the
+//! Both [`derive()`] and [`hash`] run blake3 in `derive_key` mode under the
 //! context and feed it, for each input in order, the input's length as a
 //! little-endian `u64` followed by the input's bytes. The length prefixes make
 //! the encoding injective: `["ab", "c"]` and `["a", "bc"]` hash differently.
-//! For [`derive`] the key material is the first input.
+//! For [`derive()`] the key material is the first input.
 
 use zeroize::Zeroize;
 

@@ -28,9 +28,39 @@
 //!   [`fixed::MAX_MEMBERS`] members can never wrap.
 //!
 //! A member's masked input is `fixed::encode_update(..)` followed by
-//! `prg::add_mask(b_u)` and, for each peer v, `add_mask`/`sub_mask` with
-//! s_uv; the masks cancel in the sum, the self masks are removed with seeds
-//! rebuilt from shares.
+//! [`prg::apply_masks`] with its self-mask seed b_u and, for each peer v, the
+//! pairwise seed s_uv added (v < u) or subtracted (v > u); the pairwise masks
+//! cancel in the sum, the self masks are removed with seeds rebuilt from
+//! shares:
+//!
+//! ```
+//! use primia_crypto::{AgreementSecret, Secret32, add_assign, fixed, kdf, prg, split, reconstruct};
+//! use rand_chacha::ChaCha20Rng;
+//! use rand_core::SeedableRng;
+//!
+//! let mut rng = ChaCha20Rng::seed_from_u64(1);
+//! let (k1, k2) = (AgreementSecret::generate(&mut rng), AgreementSecret::generate(&mut rng));
+//! // Both members derive the same pairwise seed from their DH secret.
+//! let s12 = k1.agree(&k2.public())?.derive(kdf::PAIRWISE_MASK_SEED, &[b"consortium", b"round 7"]);
+//! let s21 = k2.agree(&k1.public())?.derive(kdf::PAIRWISE_MASK_SEED, &[b"consortium", b"round 7"]);
+//! let (b1, b2) = (Secret32::random(&mut rng), Secret32::random(&mut rng));
+//!
+//! let (mut y1, mut y2) = (Vec::new(), Vec::new());
+//! fixed::encode_update(10, &[0.5, -0.25], &mut y1)?;
+//! fixed::encode_update(30, &[0.1, 0.75], &mut y2)?;
+//! prg::apply_masks(&[&b1, &s12], &[], &mut y1); // member 1 < member 2: adds s12
+//! prg::apply_masks(&[&b2], &[&s21], &mut y2); // member 2 subtracts it
+//!
+//! // The aggregator sums, then removes the self masks rebuilt from shares.
+//! let b1_shares = split(&b1, 2, 3, &mut rng)?;
+//! let b1_rebuilt = reconstruct(&b1_shares[1..], 2)?;
+//! let mut sum = y1.clone();
+//! add_assign(&mut sum, &y2);
+//! prg::apply_masks(&[], &[&b1_rebuilt, &b2], &mut sum);
+//! let mean = fixed::decode_sum(&sum)?.mean();
+//! assert!((mean[0] - 0.2).abs() < 1e-6 && (mean[1] - 0.5).abs() < 1e-6);
+//! # Ok::<(), primia_crypto::CryptoError>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod aead;

@@ -223,14 +223,13 @@ impl Interpolator {
         if indices.is_empty() {
             return Err(CryptoError::EmptyIndexSet);
         }
-        let mut seen = vec![false; usize::from(u16::MAX) + 1];
-        for &i in indices {
-            if i == 0 {
-                return Err(CryptoError::ZeroShareIndex);
-            }
-            if std::mem::replace(&mut seen[usize::from(i)], true) {
-                return Err(CryptoError::DuplicateShareIndex { index: i });
-            }
+        let mut sorted = indices.to_vec();
+        sorted.sort_unstable();
+        if sorted[0] == 0 {
+            return Err(CryptoError::ZeroShareIndex);
+        }
+        if let Some(pair) = sorted.windows(2).find(|p| p[0] == p[1]) {
+            return Err(CryptoError::DuplicateShareIndex { index: pair[0] });
         }
         Ok(Self {
             indices: indices.to_vec(),
