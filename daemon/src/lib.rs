@@ -1,3 +1,9 @@
-//! The primia daemon as a library: CLI commands, and later the network, storage and driver.
+//! The primia daemon as a library: CLI commands, configuration, the libp2p
+//! network, durable storage, the local control socket and the round driver.
 
 pub mod cli;
+pub mod config;
+pub mod control;
+pub mod identity;
+pub mod net;
+pub mod store;
