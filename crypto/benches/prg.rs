@@ -6,7 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use primia_crypto::{AgreementSecret, Interpolator, Secret32, Share, prg, reconstruct, split};
+use primia_crypto::{
+    AgreementSecret, IdentityKey, Interpolator, Secret32, Share, kdf, prg, reconstruct, split,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -79,5 +81,28 @@ fn bench_agree(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_mask, bench_shamir, bench_agree);
+fn bench_identity(c: &mut Criterion) {
+    let key = IdentityKey::generate(&mut ChaCha20Rng::seed_from_u64(3));
+    let public = key.public();
+    let msg = vec![0x5a_u8; 1024];
+    let sig = key.sign(kdf::MESSAGE_SIGNATURE, &msg);
+    c.bench_function("ed25519 sign 1 KiB", |b| {
+        b.iter(|| key.sign(kdf::MESSAGE_SIGNATURE, black_box(&msg)))
+    });
+    c.bench_function("ed25519 verify_strict 1 KiB", |b| {
+        b.iter(|| {
+            public
+                .verify(kdf::MESSAGE_SIGNATURE, black_box(&msg), &sig)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_mask,
+    bench_shamir,
+    bench_agree,
+    bench_identity
+);
 criterion_main!(benches);

@@ -96,10 +96,13 @@ pub fn expand(seed: &Secret32, out: &mut [Ring]) {
 /// The same result as calling [`add_mask`] and [`sub_mask`] per seed, but
 /// each [`CHUNK_BYTES`] piece of `out` is loaded once and receives every
 /// mask while it sits in L1, instead of streaming the whole vector through
-/// memory once per seed. A member applies its self mask and all pairwise
-/// masks this way; the aggregator removes the self masks of the survivors and
-/// the pairwise masks of the dropped members. Allocates one XOF state per
-/// seed, nothing per element.
+/// memory once per seed. On an idle core the two are equally fast (best of
+/// 15: ten masks over 10^6 elements in 17.6 ms fused, 17.8 ms one pass per
+/// seed), since the XOF, not memory, is the bottleneck; the single pass
+/// helps when other cores compete for memory bandwidth. A member applies its
+/// self mask and all pairwise masks this way; the aggregator removes the self
+/// masks of the survivors and the pairwise masks of the dropped members.
+/// Allocates one XOF state per seed, nothing per element.
 pub fn apply_masks(add: &[&Secret32], sub: &[&Secret32], out: &mut [Ring]) {
     let mut readers: Vec<(blake3::OutputReader, bool)> = add
         .iter()
