@@ -8,7 +8,9 @@
 //! little-endian integer below 2^128 < l, so each half is one field element.
 //! Each half gets its own uniformly random polynomial p of degree at most
 //! t - 1 with p(0) = the half; share i (index x = i, 1 <= i <= n) holds both
-//! polynomials evaluated at x.
+//! polynomials evaluated at x. Sharing the halves independently at the same x
+//! costs two field elements per share and keeps the 32-byte secret a pair of
+//! field elements without any bias (a 256-bit secret does not fit in Z/l).
 //!
 //! The polynomial is drawn by its values rather than its coefficients:
 //! p(1), ..., p(t - 1) are uniform in Z/l (64 random bytes reduced mod l), and
@@ -17,9 +19,7 @@
 //! same distribution as uniform coefficients. It makes shares 1..t-1 free and
 //! lets shares t..n follow from a table of finite differences with additions
 //! only, which are several times cheaper than the multiplications of Horner's
-//! rule. Sharing each half independently at the same x costs two
-//! field elements per share and keeps the 32-byte secret a pair of field
-//! elements without any bias.
+//! rule.
 //!
 //! Any t shares determine both polynomials and so the secret (Lagrange
 //! interpolation at 0). Fewer than t shares are consistent with every secret
