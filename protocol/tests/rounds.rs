@@ -33,6 +33,7 @@ fn lossless_jitter() -> Faults {
 fn dropout_schedules(members: usize, seeds: u64, params: usize) {
     let t = members / 2 + 1;
     let mut finished_with_dropouts = 0;
+    let mut rebuilt_mask_keys = 0;
     for seed in 0..seeds {
         let crashes = (seed as usize) % (members - t + 1);
         let mut config = with_random_crashes(members, params, seed, crashes, lossless_jitter());
@@ -77,6 +78,26 @@ fn dropouts_of_10_members() {
 #[test]
 fn dropouts_of_50_members() {
     dropout_schedules(50, 3, 4);
+}
+
+#[test]
+fn members_dropping_after_sharing_have_their_masks_removed() {
+    let mut config = SimConfig::new(7, 32, 5);
+    config.faults = lossless_jitter();
+    for m in [1, 4, 6] {
+        config.crashes.push(Crash {
+            member: MemberId(m),
+            at: CrashPoint::BeforeSend {
+                attempt: 0,
+                kind: primia_protocol::MessageKind::MaskedInput,
+            },
+            restart_after_ms: None,
+        });
+    }
+    let report = run(config);
+    assert_eq!(check_outcomes(&report), 4);
+    assert_eq!(common::dropped_after_sharing(&report), 3);
+    check_privacy(&report);
 }
 
 #[test]

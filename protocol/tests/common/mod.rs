@@ -157,7 +157,13 @@ pub fn random_point(rng: &mut Lcg) -> CrashPoint {
         MessageKind::UnmaskRequest,
         MessageKind::Outcome,
     ];
-    match rng.below(4) {
+    match rng.below(6) {
+        // Dropping between the share step and the masked input is the case
+        // that needs mask keys rebuilt: make it common.
+        4 | 5 => CrashPoint::BeforeSend {
+            attempt: 0,
+            kind: MessageKind::MaskedInput,
+        },
         0 => CrashPoint::AtMillis(rng.below(400)),
         1 => CrashPoint::OnPhase {
             attempt: 0,
@@ -198,4 +204,22 @@ pub fn with_random_crashes(
         });
     }
     config
+}
+
+/// Members that sent their shares in the outcome's attempt but are not in
+/// its sum (U2 \\ U3): their mask keys had to be rebuilt.
+pub fn dropped_after_sharing(report: &Report) -> usize {
+    let Some((_, o)) = report.outcomes().next() else {
+        return 0;
+    };
+    report
+        .members
+        .iter()
+        .filter(|m| !o.participants.contains(&m.id))
+        .filter(|m| {
+            m.log.iter().any(|l| {
+                matches!(l, LogEntry::Sent { kind: MessageKind::EncryptedShares, attempt, .. } if *attempt == o.attempt)
+            })
+        })
+        .count()
 }
