@@ -114,16 +114,23 @@ impl fmt::Display for ConsortiumId {
 
 /// How many members must take part for a round to produce a result.
 ///
-/// The threshold t must exceed half the roster: then two disjoint groups of
-/// t members cannot exist, so a leader that shows different survivor sets to
-/// different members can collect t consistency signatures for at most one of
-/// them (an honest member signs once per attempt). It must also be at least
-/// 2, or the "sum" would be one member's input.
+/// The threshold t must satisfy `2t > n + 1`. Why: a malicious leader may
+/// show one survivor set U3 (with member w in it) to a group A and another
+/// (without w) to a group B, and sign both itself. The members of A reveal
+/// shares of w's self mask, those of B shares of w's mask key; the leader
+/// holds one share of each of its own. It gets t of both only if
+/// `|A| + 1 >= t` and `|B| + 1 >= t`, and since A and B are disjoint
+/// honest groups, each signing once per attempt, that needs
+/// `2(t - 1) <= n - 1`. With `2t > n + 1` it is impossible: the proof of t
+/// signatures exists for at most one U3. (Against a leader colluding with
+/// c - 1 further members, choose `2t > n + c`.) t must also be at least 2, or
+/// the "sum" would be one member's input.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Threshold {
-    /// `floor(n / 2) + 1`.
+    /// The smallest safe threshold, `floor((n + 1) / 2) + 1`: a majority for
+    /// an even roster, a majority plus one for an odd one.
     Majority,
-    /// Exactly this many; rejected unless `n / 2 < t <= n`.
+    /// Exactly this many; rejected unless `n + 1 < 2t` and `t <= n`.
     AtLeast(u16),
 }
 
@@ -131,13 +138,13 @@ impl Threshold {
     /// The threshold for a roster of `n` members, or why there is none.
     pub fn resolve(self, n: usize) -> Result<u16, ProtocolError> {
         let t = match self {
-            Threshold::Majority => n / 2 + 1,
+            Threshold::Majority => (n + 1) / 2 + 1,
             Threshold::AtLeast(t) => usize::from(t),
         };
-        if t * 2 <= n || t > n || t < 2 {
+        if 2 * t <= n + 1 || t > n || t < 2 {
             return Err(ProtocolError::InvalidRoster {
                 reason: format!(
-                    "threshold {t} for {n} members: need more than half of the members, at most all, and at least 2"
+                    "threshold {t} for {n} members: need 2t > n + 1 (so a malicious leader cannot get two survivor sets signed), t <= n and t >= 2"
                 ),
             });
         }

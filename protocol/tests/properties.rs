@@ -41,7 +41,7 @@ fn case() -> impl Strategy<Value = Case> {
         .prop_flat_map(|n| {
             (
                 Just(n),
-                (n / 2 + 1)..=n,
+                ((n + 1) / 2 + 1)..=n,
                 any::<u64>(),
                 prop::collection::vec(
                     (0..n as u16, crash_point(), prop::option::of(100u64..1500)),
@@ -50,18 +50,20 @@ fn case() -> impl Strategy<Value = Case> {
                 (0.0f64..0.08, 0.0f64..0.2, 1u64..5, 5u64..40),
             )
         })
-        .prop_map(|(members, threshold, seed, crashes, (drop, duplicate, min, max))| Case {
-            members,
-            threshold,
-            seed,
-            crashes,
-            faults: Faults {
-                drop,
-                duplicate,
-                min_delay_ms: min,
-                max_delay_ms: max,
+        .prop_map(
+            |(members, threshold, seed, crashes, (drop, duplicate, min, max))| Case {
+                members,
+                threshold,
+                seed,
+                crashes,
+                faults: Faults {
+                    drop,
+                    duplicate,
+                    min_delay_ms: min,
+                    max_delay_ms: max,
+                },
             },
-        })
+        )
 }
 
 fn config_of(case: &Case) -> SimConfig {
