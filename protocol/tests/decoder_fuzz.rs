@@ -42,14 +42,22 @@ fn corpus() -> (Sim, Vec<(MessageKind, Vec<u8>)>) {
         }
     }
     let kinds: BTreeSet<MessageKind> = out.iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds.len(), MessageKind::ALL.len(), "corpus lacks a kind: {kinds:?}");
+    assert_eq!(
+        kinds.len(),
+        MessageKind::ALL.len(),
+        "corpus lacks a kind: {kinds:?}"
+    );
     (Sim::new(config).unwrap(), out)
 }
 
 fn mutate(rng: &mut ChaCha20Rng, corpus: &[(MessageKind, Vec<u8>)]) -> (Vec<u8>, Option<usize>) {
     let below = |rng: &mut ChaCha20Rng, n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
     if below(rng, 10) < 4 {
-        let len = if below(rng, 20) == 0 { below(rng, 4096) } else { below(rng, 300) };
+        let len = if below(rng, 20) == 0 {
+            below(rng, 4096)
+        } else {
+            below(rng, 300)
+        };
         let mut b = vec![0u8; len];
         rng.fill_bytes(&mut b);
         if len > 0 && below(rng, 2) == 0 {
@@ -110,7 +118,8 @@ fn random_and_mutated_bytes_never_panic_and_never_verify() {
     let roster = sim.roster().clone();
     let mut rng = ChaCha20Rng::seed_from_u64(2026);
     let mut decoded_ok = 0;
-    let genuine: std::collections::HashSet<Vec<u8>> = corpus.iter().map(|(_, b)| b.clone()).collect();
+    let genuine: std::collections::HashSet<Vec<u8>> =
+        corpus.iter().map(|(_, b)| b.clone()).collect();
     let leader = sim.round(MemberId(0)).unwrap().leader().unwrap();
     let member = MemberId(if leader.0 == 2 { 3 } else { 2 });
     for n in 0..100_000u32 {
@@ -121,7 +130,10 @@ fn random_and_mutated_bytes_never_panic_and_never_verify() {
             decoded_ok += 1;
             let key = roster.member(d.message.header.sender).map(|m| m.identity);
             let verified = key.is_some_and(|k| d.verify(&k).is_ok());
-            assert!(!verified || unchanged, "case {n}: a mutated message verified");
+            assert!(
+                !verified || unchanged,
+                "case {n}: a mutated message verified"
+            );
         }
         // One in five also goes through a round, alternating leader and
         // member, and must be turned into a rejection event.
