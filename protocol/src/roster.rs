@@ -138,7 +138,7 @@ impl Threshold {
     /// The threshold for a roster of `n` members, or why there is none.
     pub fn resolve(self, n: usize) -> Result<u16, ProtocolError> {
         let t = match self {
-            Threshold::Majority => (n + 1) / 2 + 1,
+            Threshold::Majority => n.div_ceil(2) + 1,
             Threshold::AtLeast(t) => usize::from(t),
         };
         if 2 * t <= n + 1 || t > n || t < 2 {
@@ -233,7 +233,7 @@ impl Roster {
                 )));
             }
         }
-        members.sort_by(|a, b| a.identity.cmp(&b.identity));
+        members.sort_by_key(|m| m.identity);
         for pair in members.windows(2) {
             if pair[0].identity == pair[1].identity {
                 return Err(bad(format!(

@@ -89,7 +89,7 @@ impl<'de> Deserialize<'de> for RingVector {
                 f.write_str("a byte string of little-endian u64 values")
             }
             fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<RingVector, E> {
-                if b.len() % 8 != 0 {
+                if !b.len().is_multiple_of(8) {
                     return Err(E::custom(format_args!(
                         "ring vector of {} bytes is not a whole number of 8-byte entries",
                         b.len()

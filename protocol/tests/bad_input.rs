@@ -334,7 +334,8 @@ fn shares_for_another_recipient_are_rejected() {
     let w = other_than(&probe, &[l, v]);
     let mut sim = Sim::new(config).unwrap();
     // Hold back the forwarded shares of v and w.
-    let held: std::rc::Rc<std::cell::RefCell<Vec<(MemberId, Vec<u8>)>>> = Default::default();
+    type Held = Vec<(MemberId, Vec<u8>)>;
+    let held: std::rc::Rc<std::cell::RefCell<Held>> = Default::default();
     {
         let held = held.clone();
         sim.set_interceptor(move |m| {

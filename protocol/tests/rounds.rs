@@ -33,7 +33,7 @@ fn lossless_jitter() -> Faults {
 /// schedules drop members between their shares and their input, so their
 /// mask keys must be rebuilt.
 fn dropout_schedules(members: usize, seeds: u64, params: usize) {
-    let t = (members + 1) / 2 + 1;
+    let t = members.div_ceil(2) + 1;
     let mut finished_with_dropouts = 0;
     let mut rebuilt_mask_keys = 0;
     for seed in 0..seeds {

@@ -436,7 +436,7 @@ impl<R: CryptoRng> Round<R> {
             dropped,
             got,
         } = r;
-        let used: Vec<(&MemberId, &(Vec<Share>, Vec<Share>))> = got.iter().take(t).collect();
+        let used: Vec<_> = got.iter().take(t).collect();
         let indices: Vec<u16> = used.iter().map(|(m, _)| m.share_index()).collect();
         let result = (|| -> Result<(), String> {
             let interpolator = Interpolator::new(&indices).map_err(|e| e.to_string())?;
