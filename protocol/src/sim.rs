@@ -370,6 +370,7 @@ pub struct Sim {
     crash_used: Vec<bool>,
     pending_restarts: usize,
     interceptor: Option<Interceptor>,
+    last_stepped: Option<MemberId>,
 }
 
 /// The round number every simulation runs.
@@ -469,6 +470,7 @@ impl Sim {
             steps: 0,
             pending_restarts: 0,
             interceptor: None,
+            last_stepped: None,
         };
         for (index, c) in sim.config.crashes.clone().iter().enumerate() {
             if let CrashPoint::AtMillis(at) = c.at {
@@ -559,8 +561,15 @@ impl Sim {
             .collect()
     }
 
+    /// The member whose round the last [`Self::step`] ran, if any: a bench
+    /// times each step and charges it to that member.
+    pub fn last_stepped(&self) -> Option<MemberId> {
+        self.last_stepped
+    }
+
     /// One event off the queue; `false` when the queue is empty.
     pub fn step(&mut self) -> Result<bool, SimError> {
+        self.last_stepped = None;
         let Some(Reverse(q)) = self.queue.pop() else {
             return Ok(false);
         };
@@ -575,6 +584,7 @@ impl Sim {
                 if let Some(round) = self.nodes[to.index()].round.as_mut() {
                     round.handle_message(now, from, &bytes);
                     self.pump(to);
+                    self.last_stepped = Some(to);
                 }
             }
             Item::Timer { member, generation } => {
@@ -585,6 +595,7 @@ impl Sim {
                     node.timer = None;
                     round.handle_timeout(now);
                     self.pump(member);
+                    self.last_stepped = Some(member);
                 }
             }
             Item::Crash { index } => {
