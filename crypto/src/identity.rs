@@ -46,7 +46,11 @@ impl IdentityKey {
 
     /// The public half.
     pub fn public(&self) -> PublicIdentity {
-        PublicIdentity(self.signing.verifying_key().to_bytes())
+        let key = self.signing.verifying_key();
+        PublicIdentity {
+            bytes: key.to_bytes(),
+            key,
+        }
     }
 
     /// Signs `msg` under `context` (see the module doc for the exact bytes).
@@ -69,8 +73,42 @@ fn signed_digest(context: &str, msg: &[u8]) -> [u8; 32] {
 }
 
 /// A member's ed25519 public key, validated on construction.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PublicIdentity([u8; 32]);
+///
+/// Keeps the decompressed curve point beside the 32 bytes: a round verifies
+/// hundreds of signatures per member key, and decompressing (a square root
+/// in the field) is a fifth of each verification. Equality, order and hash
+/// are those of the bytes.
+#[derive(Clone, Copy)]
+pub struct PublicIdentity {
+    bytes: [u8; 32],
+    key: VerifyingKey,
+}
+
+impl PartialEq for PublicIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for PublicIdentity {}
+
+impl PartialOrd for PublicIdentity {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicIdentity {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.bytes.cmp(&other.bytes)
+    }
+}
+
+impl core::hash::Hash for PublicIdentity {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state);
+    }
+}
 
 impl PublicIdentity {
     /// Parses a public key; rejects bytes that are not a curve point and
@@ -84,35 +122,33 @@ impl PublicIdentity {
                 reason: "small-order point",
             });
         }
-        Ok(Self(*bytes))
+        Ok(Self { bytes: *bytes, key })
     }
 
     /// The 32 encoded bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.bytes
     }
 
     /// All 32 bytes as lower-case hex (`Display` shows only the first 8).
     pub fn to_hex(&self) -> String {
-        hex::to_hex(&self.0)
+        hex::to_hex(&self.bytes)
     }
 
     /// Strictly verifies `sig` over (context, msg).
     pub fn verify(&self, context: &str, msg: &[u8], sig: &Signature) -> Result<()> {
-        let bad = || CryptoError::BadSignature {
-            context: context.to_owned(),
-        };
-        // Validated in `from_bytes`, so this cannot fail; map it anyway.
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| bad())?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-        key.verify_strict(&signed_digest(context, msg), &sig)
-            .map_err(|_| bad())
+        self.key
+            .verify_strict(&signed_digest(context, msg), &sig)
+            .map_err(|_| CryptoError::BadSignature {
+                context: context.to_owned(),
+            })
     }
 }
 
 impl fmt::Display for PublicIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex::write_hex(f, &self.0[..8])
+        hex::write_hex(f, &self.bytes[..8])
     }
 }
 

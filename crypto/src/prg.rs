@@ -104,35 +104,75 @@ pub fn expand(seed: &Secret32, out: &mut [Ring]) {
 /// masks of the survivors and the pairwise masks of the dropped members.
 /// Allocates one XOF state per seed, nothing per element.
 pub fn apply_masks(add: &[&Secret32], sub: &[&Secret32], out: &mut [Ring]) {
-    let mut readers: Vec<(blake3::OutputReader, bool)> = add
-        .iter()
-        .map(|s| (reader(s), true))
-        .chain(sub.iter().map(|s| (reader(s), false)))
-        .collect();
-    let mut buf = [0u8; CHUNK_BYTES];
-    for chunk in out.chunks_mut(CHUNK_WORDS) {
-        let bytes = &mut buf[..chunk.len() * 8];
-        for (xof, plus) in &mut readers {
-            xof.fill(bytes);
-            let words = bytes
-                .chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().expect("chunks of 8 bytes")));
-            if *plus {
-                chunk
-                    .iter_mut()
-                    .zip(words)
-                    .for_each(|(o, m)| *o = o.wrapping_add(m));
-            } else {
-                chunk
-                    .iter_mut()
-                    .zip(words)
-                    .for_each(|(o, m)| *o = o.wrapping_sub(m));
+    Masker::new(add, sub).apply(out);
+}
+
+/// [`apply_masks`] as a stream: the masks of many seeds applied to
+/// consecutive pieces of one vector, each [`Masker::apply`] continuing where
+/// the last stopped.
+///
+/// This lets a caller produce a masked vector piece by piece straight into
+/// its destination (the protocol writes a member's masked input directly
+/// into the message envelope) with every piece still in L1 cache, instead of
+/// masking a whole vector and copying it afterwards. Feeding pieces of
+/// lengths `a`, `b`, ... gives exactly what one [`apply_masks`] over the
+/// concatenation gives. The XOF states and the buffer are wiped on drop.
+pub struct Masker {
+    /// One XOF stream per seed; `true` adds it, `false` subtracts it.
+    readers: Vec<(blake3::OutputReader, bool)>,
+}
+
+impl Masker {
+    /// Streams for `add` (added) and `sub` (subtracted), positioned at
+    /// element 0.
+    pub fn new(add: &[&Secret32], sub: &[&Secret32]) -> Self {
+        let readers = add
+            .iter()
+            .map(|s| (reader(s), true))
+            .chain(sub.iter().map(|s| (reader(s), false)))
+            .collect();
+        Self { readers }
+    }
+
+    /// `out[i] += sum of the next out.len() elements of the added masks,
+    /// minus those of the subtracted ones` (wrapping).
+    pub fn apply(&mut self, out: &mut [Ring]) {
+        let mut buf = [0u8; CHUNK_BYTES];
+        for chunk in out.chunks_mut(CHUNK_WORDS) {
+            let bytes = &mut buf[..chunk.len() * 8];
+            for (xof, plus) in &mut self.readers {
+                xof.fill(bytes);
+                let words = bytes
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().expect("chunks of 8 bytes")));
+                if *plus {
+                    chunk
+                        .iter_mut()
+                        .zip(words)
+                        .for_each(|(o, m)| *o = o.wrapping_add(m));
+                } else {
+                    chunk
+                        .iter_mut()
+                        .zip(words)
+                        .for_each(|(o, m)| *o = o.wrapping_sub(m));
+                }
             }
         }
+        buf.zeroize();
     }
-    buf.zeroize();
-    for (xof, _) in &mut readers {
-        xof.zeroize();
+}
+
+impl Drop for Masker {
+    fn drop(&mut self) {
+        for (xof, _) in &mut self.readers {
+            xof.zeroize();
+        }
+    }
+}
+
+impl core::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Masker(seeds = {})", self.readers.len())
     }
 }
 
@@ -242,6 +282,34 @@ mod tests {
         assert_eq!(fused, orig);
         apply_masks(&[], &[], &mut fused);
         assert_eq!(fused, orig);
+    }
+
+    #[test]
+    fn masker_pieces_equal_one_pass() {
+        let n = CHUNK_WORDS * 3 + 11;
+        let orig: Vec<u64> = (0..n as u64).map(|i| i ^ 0x55).collect();
+        let seeds: Vec<Secret32> = (1..=4).map(seed).collect();
+        let (add, sub) = ([&seeds[0], &seeds[1]], [&seeds[2], &seeds[3]]);
+        let mut whole = orig.clone();
+        apply_masks(&add, &sub, &mut whole);
+        // Odd piece lengths, across chunk boundaries, and an empty piece.
+        for cuts in [
+            vec![1, 7, CHUNK_WORDS, 0, 5],
+            vec![CHUNK_WORDS + 3],
+            vec![n],
+        ] {
+            let mut pieces = orig.clone();
+            let mut masker = Masker::new(&add, &sub);
+            let mut rest = &mut pieces[..];
+            for c in cuts {
+                let c = c.min(rest.len());
+                let (head, tail) = rest.split_at_mut(c);
+                masker.apply(head);
+                rest = tail;
+            }
+            masker.apply(rest);
+            assert_eq!(pieces, whole);
+        }
     }
 
     #[test]
