@@ -513,14 +513,24 @@ enum Auth<'a> {
     Local,
     /// From the network; checked only once cheaper checks passed, so junk
     /// does not cost a signature verification.
-    Remote(&'a Decoded<'a>, PublicIdentity),
+    Remote(&'a Decoded<'a>, &'a PublicIdentity),
 }
 
-impl Auth<'_> {
+impl<'a> Auth<'a> {
     fn check(&self) -> Result<(), RejectReason> {
         match self {
             Auth::Local => Ok(()),
             Auth::Remote(d, key) => d.verify(key).map_err(|_| RejectReason::BadSignature),
+        }
+    }
+
+    /// A masked input's vector still in its envelope (see
+    /// [`wire::decode_in_place`]); `None` for a local message, whose vector
+    /// is in the payload.
+    fn vector_le(&self) -> Option<&'a [u8]> {
+        match self {
+            Auth::Local => None,
+            Auth::Remote(d, _) => d.vector_le(),
         }
     }
 }
@@ -1016,7 +1026,8 @@ impl<R: CryptoRng> Round<R> {
         if from == self.me {
             return Err(RejectReason::FromSelf);
         }
-        let decoded = wire::decode(bytes).map_err(RejectReason::Malformed)?;
+        // A masked input stays in `bytes` until the leader adds it.
+        let decoded = wire::decode_in_place(bytes).map_err(RejectReason::Malformed)?;
         let h = decoded.message.header;
         if h.roster != self.roster.digest() {
             return Err(RejectReason::WrongRoster);
@@ -1024,8 +1035,8 @@ impl<R: CryptoRng> Round<R> {
         if h.round != self.config.round {
             return Err(RejectReason::WrongRound { round: h.round });
         }
-        let key = self
-            .roster
+        let roster = Arc::clone(&self.roster);
+        let key = &roster
             .member(h.sender)
             .ok_or(RejectReason::UnknownSender { sender: h.sender.0 })?
             .identity;
@@ -1095,7 +1106,7 @@ impl<R: CryptoRng> Round<R> {
     fn on_outcome(
         &mut self,
         decoded: Decoded<'_>,
-        key: PublicIdentity,
+        key: &PublicIdentity,
         bytes: &[u8],
     ) -> Result<(), RejectReason> {
         let h = decoded.message.header;
@@ -1120,7 +1131,7 @@ impl<R: CryptoRng> Round<R> {
             });
         }
         decoded
-            .verify(&key)
+            .verify(key)
             .map_err(|_| RejectReason::BadSignature)?;
         let Payload::Outcome(o) = decoded.message.payload else {
             return Err(RejectReason::RoundOver);

@@ -89,23 +89,8 @@ impl<'de> Deserialize<'de> for RingVector {
                 f.write_str("a byte string of little-endian u64 values")
             }
             fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<RingVector, E> {
-                if !b.len().is_multiple_of(8) {
-                    return Err(E::custom(format_args!(
-                        "ring vector of {} bytes is not a whole number of 8-byte entries",
-                        b.len()
-                    )));
-                }
-                if b.len() / 8 > MAX_VECTOR_LEN {
-                    return Err(E::custom(format_args!(
-                        "ring vector of {} entries exceeds the limit of {MAX_VECTOR_LEN}",
-                        b.len() / 8
-                    )));
-                }
-                Ok(RingVector(
-                    b.chunks_exact(8)
-                        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                        .collect(),
-                ))
+                check_vector_bytes(b.len()).map_err(E::custom)?;
+                Ok(RingVector(ring_from_le(b)))
             }
         }
         d.deserialize_bytes(V)
@@ -590,11 +575,110 @@ pub fn consistency_statement(header: &Header, survivors: &[MemberId]) -> Vec<u8>
 
 /// Encodes and signs `message` as its sender, whose key `identity` must be.
 /// Fails only if the result would exceed the limit of its kind.
+///
+/// The two bulk kinds write their vector straight into the envelope (the
+/// same bytes serde would produce, without its intermediate copy of the
+/// vector); every other kind goes through postcard.
 pub fn encode(identity: &IdentityKey, message: &Message) -> Result<Vec<u8>, ProtocolError> {
+    let (participants, vector) = match &message.payload {
+        Payload::MaskedInput(m) => (None, &m.vector.0),
+        Payload::Outcome(o) => (Some(&o.participants[..]), &o.sum.0),
+        _ => return encode_with_postcard(identity, message),
+    };
+    let kind = message.payload.kind();
+    let mut out = bulk_prefix(&message.header, kind, participants, vector.len())?;
+    for piece in vector.chunks(VECTOR_PIECE) {
+        put_le(&mut out, piece);
+    }
+    sign_envelope(identity, out)
+}
+
+/// Encodes and signs a [`MaskedInput`] of `len` entries whose vector is
+/// produced piece by piece straight into the envelope: `fill(start, piece)`
+/// must write entries `start .. start + piece.len()` (every entry of `piece`).
+///
+/// The result is byte for byte what [`encode`] gives for the same vector,
+/// but the vector never exists whole: a member masks its input one
+/// L1-sized piece at a time and writes it out, instead of building the
+/// masked vector and then copying it into the envelope. The scratch piece,
+/// which briefly holds the caller's data, is wiped.
+pub fn encode_masked_input_with(
+    identity: &IdentityKey,
+    header: &Header,
+    len: usize,
+    mut fill: impl FnMut(usize, &mut [Ring]),
+) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = bulk_prefix(header, MessageKind::MaskedInput, None, len)?;
+    let mut scratch = zeroize::Zeroizing::new(vec![0; VECTOR_PIECE.min(len)]);
+    let mut start = 0;
+    while start < len {
+        let piece = &mut scratch[..VECTOR_PIECE.min(len - start)];
+        fill(start, piece);
+        put_le(&mut out, piece);
+        start += piece.len();
+    }
+    sign_envelope(identity, out)
+}
+
+/// Entries per piece when a vector is written into an envelope: 8 KiB, so
+/// a piece and its bytes stay in L1 cache.
+const VECTOR_PIECE: usize = 1024;
+
+/// Version, header, tag, participants (outcome only) and the vector's byte
+/// length: everything of a bulk envelope before its vector, in a buffer
+/// with room for the rest. Checks the kind's size limit first.
+fn bulk_prefix(
+    header: &Header,
+    kind: MessageKind,
+    participants: Option<&[MemberId]>,
+    vector_len: usize,
+) -> Result<Vec<u8>, ProtocolError> {
+    let malformed = |e: postcard::Error| ProtocolError::Malformed {
+        reason: e.to_string(),
+    };
+    let mut out = Vec::with_capacity(64 + participants.map_or(0, |p| p.len() * 3));
+    out.push(WIRE_VERSION);
+    let mut out = postcard::to_extend(header, out).map_err(malformed)?;
+    out = postcard::to_extend(&(kind as u32), out).map_err(malformed)?;
+    if let Some(p) = participants {
+        out = postcard::to_extend(p, out).map_err(malformed)?;
+    }
+    let vector_bytes = vector_len.saturating_mul(8);
+    out = postcard::to_extend(&vector_bytes, out).map_err(malformed)?;
+    let len = out
+        .len()
+        .saturating_add(vector_bytes)
+        .saturating_add(SIGNATURE_BYTES);
+    // Over MAX_VECTOR_LEN the decoder would refuse it, whatever the bytes.
+    if len > kind.max_bytes() || vector_len > MAX_VECTOR_LEN {
+        return Err(ProtocolError::Oversized {
+            len,
+            max: kind.max_bytes(),
+        });
+    }
+    out.reserve_exact(len - out.len());
+    Ok(out)
+}
+
+/// Appends `v` as little-endian bytes. `v` is at most one piece, so the
+/// zeros written by `resize` and their overwrite both stay in L1.
+fn put_le(out: &mut Vec<u8>, v: &[Ring]) {
+    let start = out.len();
+    out.resize(start + v.len() * 8, 0);
+    for (dst, x) in out[start..].chunks_exact_mut(8).zip(v) {
+        dst.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// Postcard body for the control kinds.
+fn encode_with_postcard(
+    identity: &IdentityKey,
+    message: &Message,
+) -> Result<Vec<u8>, ProtocolError> {
     let kind = message.payload.kind();
     let mut out = Vec::with_capacity(message.payload.size_hint() + SIGNATURE_BYTES);
     out.push(WIRE_VERSION);
-    let mut out = postcard::to_extend(message, out).map_err(|e| ProtocolError::Malformed {
+    let out = postcard::to_extend(message, out).map_err(|e| ProtocolError::Malformed {
         reason: e.to_string(),
     })?;
     let len = out.len() + SIGNATURE_BYTES;
@@ -604,6 +688,11 @@ pub fn encode(identity: &IdentityKey, message: &Message) -> Result<Vec<u8>, Prot
             max: kind.max_bytes(),
         });
     }
+    sign_envelope(identity, out)
+}
+
+/// Appends the signature over everything before it.
+fn sign_envelope(identity: &IdentityKey, mut out: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
     let signature = identity.sign(kdf::MESSAGE_SIGNATURE, &out);
     out.extend_from_slice(&signature.to_bytes());
     Ok(out)
@@ -612,13 +701,15 @@ pub fn encode(identity: &IdentityKey, message: &Message) -> Result<Vec<u8>, Prot
 /// A parsed envelope whose signature is not yet checked.
 #[derive(Debug)]
 pub struct Decoded<'a> {
-    /// The message.
+    /// The message. After [`decode_in_place`] of a masked input its vector
+    /// is empty and [`Self::vector_le`] holds it.
     pub message: Message,
     signed: &'a [u8],
     signature: Signature,
+    vector_le: Option<&'a [u8]>,
 }
 
-impl Decoded<'_> {
+impl<'a> Decoded<'a> {
     /// The kind of the payload.
     pub fn kind(&self) -> MessageKind {
         self.message.payload.kind()
@@ -633,12 +724,30 @@ impl Decoded<'_> {
                 sender: self.message.header.sender.0,
             })
     }
+
+    /// The vector of a masked input left in the envelope by
+    /// [`decode_in_place`]: little-endian `u64`s, a whole number of them.
+    pub(crate) fn vector_le(&self) -> Option<&'a [u8]> {
+        self.vector_le
+    }
 }
 
 /// Parses an envelope: size, version, body and trailing bytes are checked;
 /// the signature is not (see [`Decoded::verify`]). Never panics, and never
 /// allocates more than a small multiple of `bytes.len()`.
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
+    let mut d = decode_in_place(bytes)?;
+    if let (Some(le), Payload::MaskedInput(m)) = (d.vector_le.take(), &mut d.message.payload) {
+        m.vector = RingVector(ring_from_le(le));
+    }
+    Ok(d)
+}
+
+/// [`decode`], except that a masked input's vector stays in `bytes`
+/// ([`Decoded::vector_le`]): the leader adds it to its running sum from
+/// there, without allocating and filling a copy of megabytes first. Accepts
+/// and rejects exactly what [`decode`] does.
+pub(crate) fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
     if bytes.len() > MAX_BULK_MESSAGE_BYTES {
         return Err(ProtocolError::Oversized {
             len: bytes.len(),
@@ -659,13 +768,16 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
     let malformed = |e: postcard::Error| ProtocolError::Malformed {
         reason: e.to_string(),
     };
+    let mut sig = [0u8; SIGNATURE_BYTES];
+    sig.copy_from_slice(signature);
+    let signature = Signature::from_bytes(&sig);
+    // Header and tag first: they route the rest, and a long message must be
+    // of a bulk kind before megabytes are parsed.
+    let (header, rest) = postcard::take_from_bytes::<Header>(body).map_err(malformed)?;
+    let (tag, rest) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
+    let kind = MessageKind::from_tag(tag);
     if bytes.len() > MAX_CONTROL_MESSAGE_BYTES {
-        // Only a bulk kind may be this long: read the header and the variant
-        // tag before parsing megabytes.
-        let (_, rest) = postcard::take_from_bytes::<Header>(body).map_err(malformed)?;
-        let (tag, _) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
-        let max =
-            MessageKind::from_tag(tag).map_or(MAX_CONTROL_MESSAGE_BYTES, MessageKind::max_bytes);
+        let max = kind.map_or(MAX_CONTROL_MESSAGE_BYTES, MessageKind::max_bytes);
         if bytes.len() > max {
             return Err(ProtocolError::Oversized {
                 len: bytes.len(),
@@ -673,15 +785,221 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
             });
         }
     }
+    if kind == Some(MessageKind::MaskedInput) {
+        // The whole payload is the vector: a byte-string length, the bytes.
+        let (byte_len, rest) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
+        if byte_len > rest.len() {
+            return Err(malformed(postcard::Error::DeserializeUnexpectedEnd));
+        }
+        check_vector_bytes(byte_len).map_err(|reason| ProtocolError::Malformed { reason })?;
+        let (vector, rest) = rest.split_at(byte_len);
+        if !rest.is_empty() {
+            return Err(ProtocolError::TrailingBytes { count: rest.len() });
+        }
+        return Ok(Decoded {
+            message: Message {
+                header,
+                payload: Payload::MaskedInput(MaskedInput {
+                    vector: RingVector::default(),
+                }),
+            },
+            signed,
+            signature,
+            vector_le: Some(vector),
+        });
+    }
     let (message, rest) = postcard::take_from_bytes::<Message>(body).map_err(malformed)?;
     if !rest.is_empty() {
         return Err(ProtocolError::TrailingBytes { count: rest.len() });
     }
-    let mut sig = [0u8; SIGNATURE_BYTES];
-    sig.copy_from_slice(signature);
     Ok(Decoded {
         message,
         signed,
-        signature: Signature::from_bytes(&sig),
+        signature,
+        vector_le: None,
     })
+}
+
+/// Why `byte_len` bytes are not a ring vector, if they are not.
+fn check_vector_bytes(byte_len: usize) -> Result<(), String> {
+    if !byte_len.is_multiple_of(8) {
+        return Err(format!(
+            "ring vector of {byte_len} bytes is not a whole number of 8-byte entries"
+        ));
+    }
+    if byte_len / 8 > MAX_VECTOR_LEN {
+        return Err(format!(
+            "ring vector of {} entries exceeds the limit of {MAX_VECTOR_LEN}",
+            byte_len / 8
+        ));
+    }
+    Ok(())
+}
+
+/// Little-endian bytes (a whole number of entries) to ring entries.
+fn ring_from_le(b: &[u8]) -> Vec<Ring> {
+    b.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect()
+}
+
+/// `acc[i] += entry i of le` (wrapping), straight from little-endian bytes.
+///
+/// # Panics
+/// If `le` does not hold exactly `acc.len()` entries (local misuse: the
+/// caller checks the length against the round's first).
+pub(crate) fn add_le_assign(acc: &mut [Ring], le: &[u8]) {
+    assert_eq!(
+        le.len(),
+        acc.len() * 8,
+        "ring vectors must have equal length"
+    );
+    for (a, c) in acc.iter_mut().zip(le.chunks_exact(8)) {
+        *a = a.wrapping_add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use primia_crypto::Secret32;
+
+    fn key() -> IdentityKey {
+        IdentityKey::from_seed(&Secret32::from_bytes([3; 32]))
+    }
+
+    fn header() -> Header {
+        Header {
+            roster: RosterDigest([9; 32]),
+            round: 300,
+            attempt: 2,
+            sender: MemberId(260),
+        }
+    }
+
+    fn vector(len: usize) -> Vec<Ring> {
+        (0..len as u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect()
+    }
+
+    /// What serde and postcard make of the message: the reference the bulk
+    /// path must match byte for byte.
+    fn via_postcard(message: &Message) -> Vec<u8> {
+        encode_with_postcard(&key(), message).unwrap()
+    }
+
+    #[test]
+    fn bulk_encoding_matches_postcard() {
+        for len in [0, 1, VECTOR_PIECE - 1, VECTOR_PIECE, 3 * VECTOR_PIECE + 5] {
+            let masked = Message {
+                header: header(),
+                payload: Payload::MaskedInput(MaskedInput {
+                    vector: RingVector(vector(len)),
+                }),
+            };
+            assert_eq!(encode(&key(), &masked).unwrap(), via_postcard(&masked));
+            let outcome = Message {
+                header: header(),
+                payload: Payload::Outcome(OutcomeMessage {
+                    participants: vec![MemberId(1), MemberId(200), MemberId(1000)],
+                    sum: RingVector(vector(len)),
+                }),
+            };
+            assert_eq!(encode(&key(), &outcome).unwrap(), via_postcard(&outcome));
+        }
+    }
+
+    #[test]
+    fn streamed_masked_input_matches_encode() {
+        let v = vector(2 * VECTOR_PIECE + 77);
+        let message = Message {
+            header: header(),
+            payload: Payload::MaskedInput(MaskedInput {
+                vector: RingVector(v.clone()),
+            }),
+        };
+        let mut seen = 0;
+        let streamed = encode_masked_input_with(&key(), &header(), v.len(), |start, piece| {
+            assert_eq!(start, seen, "pieces come in order");
+            seen += piece.len();
+            piece.copy_from_slice(&v[start..start + piece.len()]);
+        })
+        .unwrap();
+        assert_eq!(seen, v.len());
+        assert_eq!(streamed, encode(&key(), &message).unwrap());
+    }
+
+    #[test]
+    fn oversized_vectors_are_refused_before_allocating() {
+        for len in [MAX_VECTOR_LEN + 1, usize::MAX / 4] {
+            let err = encode_masked_input_with(&key(), &header(), len, |_, _| {
+                unreachable!("nothing is filled")
+            })
+            .unwrap_err();
+            assert!(matches!(err, ProtocolError::Oversized { .. }));
+        }
+    }
+
+    /// In-place decoding of a masked input agrees with full decoding on the
+    /// genuine message and on every truncation and one-byte change of its
+    /// body, and the vector it leaves in place is the right one.
+    #[test]
+    fn in_place_decoding_agrees_with_full_decoding() {
+        let v = vector(40);
+        let message = Message {
+            header: header(),
+            payload: Payload::MaskedInput(MaskedInput {
+                vector: RingVector(v.clone()),
+            }),
+        };
+        let bytes = encode(&key(), &message).unwrap();
+        let lazy = decode_in_place(&bytes).unwrap();
+        let le = lazy.vector_le().unwrap();
+        let mut sum = vec![1u64; v.len()];
+        add_le_assign(&mut sum, le);
+        let expect: Vec<Ring> = v.iter().map(|x| x.wrapping_add(1)).collect();
+        assert_eq!(sum, expect);
+        lazy.verify(&key().public()).unwrap();
+        let full = decode(&bytes).unwrap();
+        assert_eq!(full.message, message);
+        assert!(full.vector_le().is_none());
+
+        let mut variants: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+        for i in 0..bytes.len() - SIGNATURE_BYTES {
+            for delta in [1u8, 0x80] {
+                let mut b = bytes.clone();
+                b[i] = b[i].wrapping_add(delta);
+                variants.push(b);
+            }
+            let mut longer = bytes.clone();
+            longer.insert(i, 0);
+            variants.push(longer);
+        }
+        for b in &variants {
+            match (decode_in_place(b), decode(b)) {
+                (Ok(l), Ok(f)) => {
+                    let mut m = l.message.clone();
+                    if let (Payload::MaskedInput(mi), Some(le)) = (&mut m.payload, l.vector_le()) {
+                        mi.vector = RingVector(ring_from_le(le));
+                    }
+                    assert_eq!(m, f.message);
+                }
+                (Err(l), Err(f)) => assert_eq!(
+                    core::mem::discriminant(&l),
+                    core::mem::discriminant(&f),
+                    "{l} / {f}"
+                ),
+                (l, f) => panic!("in place {l:?}, full {f:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tags_are_declaration_order() {
+        for (i, k) in MessageKind::ALL.iter().enumerate() {
+            assert_eq!(*k as u32, i as u32);
+            assert_eq!(MessageKind::from_tag(i as u32), Some(*k));
+        }
+    }
 }

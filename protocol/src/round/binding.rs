@@ -1,7 +1,7 @@
 //! The per-attempt binding and the cryptographic glue built on it: share
 //! encryption keys, pairwise mask seeds, commitments.
 
-use primia_crypto::{AgreementPublic, Ring, Secret32, SharedSecret, kdf, prg};
+use primia_crypto::{AgreementPublic, Secret32, SharedSecret, kdf};
 
 use crate::roster::{MemberId, RosterDigest};
 use crate::wire::Header;
@@ -89,24 +89,5 @@ impl Binding {
             SELF_MASK_COMMITMENT,
             &[&self.roster.0, &round, &attempt, &m, b.expose()],
         )
-    }
-}
-
-/// Applies member `owner`'s pairwise mask with `other` to `out` as `owner`
-/// added it: `+PRG(s)` when `other < owner`, `-PRG(s)` when `other > owner`.
-pub(crate) fn apply_pairwise(out: &mut [Ring], owner: MemberId, other: MemberId, seed: &Secret32) {
-    if other < owner {
-        prg::add_mask(seed, out);
-    } else {
-        prg::sub_mask(seed, out);
-    }
-}
-
-/// Removes what [`apply_pairwise`] added.
-pub(crate) fn remove_pairwise(out: &mut [Ring], owner: MemberId, other: MemberId, seed: &Secret32) {
-    if other < owner {
-        prg::sub_mask(seed, out);
-    } else {
-        prg::add_mask(seed, out);
     }
 }

@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use primia_crypto::{AgreementPublic, AgreementSecret, Interpolator, Ring, Share, add_assign, prg};
+use primia_crypto::{
+    AgreementPublic, AgreementSecret, Interpolator, Ring, Secret32, Share, add_assign, prg,
+};
 use rand_core::CryptoRng;
 
-use super::binding::{PeerKeys, SEALED_PAIR_BYTES, remove_pairwise};
+use super::binding::{PeerKeys, SEALED_PAIR_BYTES};
 use super::{
     AttemptFailure, Auth, Event, Outcome, Outgoing, Output, RejectReason, Round, WireBytes,
 };
@@ -192,14 +194,18 @@ impl<R: CryptoRng> Round<R> {
                 if i.u3.contains(&sender) {
                     return Err(RejectReason::Duplicate { kind });
                 }
-                if p.vector.0.len() != len {
-                    return Err(RejectReason::WrongVectorLength {
-                        got: p.vector.0.len(),
-                        expected: len,
-                    });
+                // From the network the vector is still in the envelope: add
+                // it from there, no copy.
+                let le = auth.vector_le();
+                let got = le.map_or(p.vector.0.len(), |b| b.len() / 8);
+                if got != len {
+                    return Err(RejectReason::WrongVectorLength { got, expected: len });
                 }
                 auth.check()?;
-                add_assign(&mut i.agg.sum, &p.vector.0);
+                match le {
+                    Some(bytes) => wire::add_le_assign(&mut i.agg.sum, bytes),
+                    None => add_assign(&mut i.agg.sum, &p.vector.0),
+                }
                 i.u3.insert(sender);
                 i.u3.len() == i.agg.u2.len()
             }
@@ -440,6 +446,9 @@ impl<R: CryptoRng> Round<R> {
         let indices: Vec<u16> = used.iter().map(|(m, _)| m.share_index()).collect();
         let result = (|| -> Result<(), String> {
             let interpolator = Interpolator::new(&indices).map_err(|e| e.to_string())?;
+            // Every mask to remove, then one fused pass over the sum.
+            let mut add = Vec::new();
+            let mut sub = Vec::with_capacity(u3.len() * (dropped.len() + 1));
             for (pos, u) in u3.iter().enumerate() {
                 let shares: Vec<&Share> =
                     used.iter().filter_map(|(_, (b, _))| b.get(pos)).collect();
@@ -451,7 +460,7 @@ impl<R: CryptoRng> Round<R> {
                         "self-mask seed of {u} does not match its commitment"
                     ));
                 }
-                prg::sub_mask(&b, &mut agg.sum);
+                sub.push(b);
             }
             for (pos, v) in dropped.iter().enumerate() {
                 let shares: Vec<&Share> =
@@ -472,9 +481,18 @@ impl<R: CryptoRng> Round<R> {
                     let dh = key
                         .agree(&peer.mask)
                         .map_err(|_| format!("mask key of {u} has low order"))?;
-                    remove_pairwise(&mut agg.sum, *u, *v, &binding.pairwise_seed(&dh, *v, *u));
+                    // u added +PRG(s_uv) for v < u and -PRG(s_uv) for v > u.
+                    let seed = binding.pairwise_seed(&dh, *v, *u);
+                    if v < u {
+                        sub.push(seed);
+                    } else {
+                        add.push(seed);
+                    }
                 }
             }
+            let add: Vec<&Secret32> = add.iter().collect();
+            let sub: Vec<&Secret32> = sub.iter().collect();
+            prg::apply_masks(&add, &sub, &mut agg.sum);
             Ok(())
         })();
         if let Err(reason) = result {

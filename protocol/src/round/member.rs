@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use primia_crypto::{AgreementPublic, AgreementSecret, Secret32, Share, aead, prg, split};
+use primia_crypto::prg::Masker;
+use primia_crypto::{AgreementPublic, AgreementSecret, Ring, Secret32, Share, aead, split};
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use super::binding::{Binding, PeerKeys, SHARE_PAIR_BYTES, apply_pairwise};
+use super::binding::{Binding, PeerKeys, SHARE_PAIR_BYTES};
 use super::{Auth, Event, RejectReason, Round, check_set};
 use crate::reveal::{RevealEntry, ShareKind};
 use crate::roster::{MemberId, Roster};
@@ -95,6 +96,13 @@ pub(crate) struct Signed {
     u2: Vec<MemberId>,
     u3: Vec<MemberId>,
     held: BTreeMap<MemberId, (Share, Share)>,
+}
+
+/// A masked input ready to go: for this member's own leader role, or
+/// already encoded and signed for a remote leader.
+enum Masked {
+    Local(Vec<Ring>),
+    Envelope(Vec<u8>),
 }
 
 /// Fresh keys for an attempt and the advert announcing them.
@@ -478,27 +486,56 @@ impl<R: CryptoRng> Round<R> {
             }
             _ => return,
         };
-        let Some(x) = self.input.as_ref() else { return };
-        // y_u = x_u + PRG(b_u) + sum_{v<u} PRG(s_uv) - sum_{v>u} PRG(s_uv)
-        let mut y = x.to_vec();
-        prg::add_mask(&ready.b, &mut y);
+        let Some(att) = self.running() else { return };
+        let (leader, attempt, header) = (att.leader, att.number, att.binding.header(me));
+        // y_u = x_u + PRG(b_u) + sum_{v<u} PRG(s_uv) - sum_{v>u} PRG(s_uv),
+        // every mask in one pass (see `prg::Masker`).
+        let mut add = vec![&ready.b];
+        let mut sub = Vec::new();
         for (v, seed) in &ready.seeds {
-            apply_pairwise(&mut y, me, *v, seed);
+            if *v < me {
+                add.push(seed);
+            } else {
+                sub.push(seed);
+            }
         }
+        let mut masker = Masker::new(&add, &sub);
+        let Some(x) = self.input.as_ref() else { return };
+        let masked = if leader == me {
+            // To this member's own leader role: no envelope.
+            let mut y = x.to_vec();
+            masker.apply(&mut y);
+            Ok(Masked::Local(y))
+        } else {
+            // Straight into the envelope, one L1-sized piece at a time.
+            wire::encode_masked_input_with(&self.identity, &header, x.len(), |start, piece| {
+                piece.copy_from_slice(&x[start..start + piece.len()]);
+                masker.apply(piece);
+            })
+            .map(Masked::Envelope)
+        };
+        drop(masker);
         let Ready { u2, held, .. } = *ready;
         self.set_member(MemberPhase::AwaitingSurvivors(Box::new(Held {
             u2,
             held,
             early_proof: None,
         })));
-        let Some(att) = self.running() else { return };
-        let leader = att.leader;
-        self.send(
-            leader,
-            Payload::MaskedInput(MaskedInput {
-                vector: RingVector(y),
+        match masked {
+            Ok(Masked::Local(y)) => self.send(
+                leader,
+                Payload::MaskedInput(MaskedInput {
+                    vector: RingVector(y),
+                }),
+            ),
+            Ok(Masked::Envelope(bytes)) => {
+                self.push_send(leader, MessageKind::MaskedInput, attempt, bytes);
+            }
+            Err(error) => self.event(Event::EncodeFailed {
+                kind: MessageKind::MaskedInput,
+                error,
             }),
-        );
+        }
     }
 
     fn member_on_survivors(
