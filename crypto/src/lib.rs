@@ -78,7 +78,7 @@ pub mod shamir;
 pub use aead::{open, seal};
 pub use agreement::{AgreementPublic, AgreementSecret, SharedSecret};
 pub use error::{CryptoError, Result};
-pub use identity::{IdentityKey, PublicIdentity, Signature};
+pub use identity::{IdentityKey, PublicIdentity, Signature, VERIFY_PIECE_BYTES};
 pub use ring::{Ring, add_assign, sub_assign};
 pub use secret::Secret32;
 pub use shamir::{Interpolator, MAX_SHARES, Share, reconstruct, split};

@@ -333,11 +333,19 @@ fn run_round(c: &Consortium, dropout: f64, seed: u64) -> RunCosts {
             if net.dead[j] {
                 continue;
             }
+            let was_done = rounds[j].is_done();
             let ((), cost) = timed(|| rounds[j].handle_message(now, from, &bytes));
             drop(bytes);
             member[j] += cost;
             if to == leader {
-                *lead.entry(kind_label(kind)).or_default() += cost;
+                // The call that finished the round did the unmasking; later
+                // ones only turn away reveals beyond the first t.
+                let label = match (was_done, rounds[j].is_done()) {
+                    (true, _) => "late (after the outcome)",
+                    (false, true) => "unmask (rebuild, unmask, outcome)",
+                    (false, false) => kind_label(kind),
+                };
+                *lead.entry(label).or_default() += cost;
             }
             net.drain(to, &mut rounds[j], n);
         }
@@ -484,7 +492,12 @@ fn bench(c: &Consortium, dropout: f64, runs: usize) -> Summary {
         member_wall.push(median(measured.iter().map(|c| c.wall_ms()).collect()));
         member_max.push(measured.iter().map(|c| c.cpu_ms()).fold(0.0, f64::max));
         let mut agg = Cost::default();
-        for kind in ["masked_input", "unmask_shares"] {
+        for kind in [
+            "masked_input",
+            "unmask_shares",
+            "unmask (rebuild, unmask, outcome)",
+            "late (after the outcome)",
+        ] {
             if let Some(c) = costs.leader.get(kind) {
                 agg += *c;
             }

@@ -194,17 +194,20 @@ impl<R: CryptoRng> Round<R> {
                 if i.u3.contains(&sender) {
                     return Err(RejectReason::Duplicate { kind });
                 }
-                // From the network the vector is still in the envelope: add
-                // it from there, no copy.
-                let le = auth.vector_le();
-                let got = le.map_or(p.vector.0.len(), |b| b.len() / 8);
+                // From the network the vector is still in the envelope: it
+                // is added from there while its signature is checked.
+                let got = auth.vector_le().map_or(p.vector.0.len(), |b| b.len() / 8);
                 if got != len {
                     return Err(RejectReason::WrongVectorLength { got, expected: len });
                 }
-                auth.check()?;
-                match le {
-                    Some(bytes) => wire::add_le_assign(&mut i.agg.sum, bytes),
-                    None => add_assign(&mut i.agg.sum, &p.vector.0),
+                match auth {
+                    Auth::Remote(d, key) if d.vector_le().is_some() => d
+                        .verify_adding_vector(key, &mut i.agg.sum)
+                        .map_err(|_| RejectReason::BadSignature)?,
+                    _ => {
+                        auth.check()?;
+                        add_assign(&mut i.agg.sum, &p.vector.0);
+                    }
                 }
                 i.u3.insert(sender);
                 i.u3.len() == i.agg.u2.len()
