@@ -1,0 +1,84 @@
+//! Loopback throughput of bulk request-response transfers between two
+//! members (TCP + Noise + yamux): the time to send 8 MB and 80 MB, as a
+//! masked vector or a model blob would travel.
+//!
+//! `cargo bench -p primiad --bench net_transfer`; one line per size:
+//! `net_transfer bytes=... best_ms=... median_ms=... mb_per_s=...`
+
+use std::time::{Duration, Instant};
+
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use primiad::net::{NetConfig, NetEvent, Network};
+
+const SIZES: [usize; 2] = [8_000_000, 80_000_000];
+const RUNS: usize = 5;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let roster = vec![ka.public().to_peer_id(), kb.public().to_peer_id()];
+    let config = |bootstrap: Vec<libp2p::Multiaddr>| {
+        let mut c = NetConfig::new("bench", roster.clone());
+        c.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        c.bootstrap_addrs = bootstrap;
+        c
+    };
+    let a = Network::new(config(vec![]), ka).expect("network a");
+    tokio::spawn(a.event_loop.run(std::future::pending()));
+    let a_addr = a.client.listen_addrs().await.expect("listen")[0]
+        .clone()
+        .with(Protocol::P2p(roster[0]));
+    let b = Network::new(config(vec![a_addr]), kb).expect("network b");
+    tokio::spawn(b.event_loop.run(std::future::pending()));
+
+    // `a` acknowledges each request with the payload's length.
+    let mut a_events = a.events;
+    tokio::spawn(async move {
+        while let Some(event) = a_events.recv().await {
+            if let NetEvent::Request { payload, reply, .. } = event {
+                let _ = reply.respond((payload.len() as u64).to_be_bytes().to_vec());
+            }
+        }
+    });
+    let mut b_events = b.events;
+    while !matches!(b_events.recv().await, Some(NetEvent::PeerConnected { .. })) {}
+    tokio::spawn(async move { while b_events.recv().await.is_some() {} });
+
+    let payload = vec![0x5a_u8; *SIZES.iter().max().unwrap()];
+    for size in SIZES {
+        let mut times = Vec::with_capacity(RUNS);
+        for run in 0..=RUNS {
+            let data = payload[..size].to_vec();
+            let start = Instant::now();
+            let ack = b.client.request(roster[0], data).await.expect("transfer");
+            let elapsed = start.elapsed();
+            assert_eq!(ack, (size as u64).to_be_bytes());
+            // The first run warms up yamux's receive window.
+            if run > 0 {
+                times.push(elapsed);
+            }
+        }
+        times.sort();
+        let best = times[0];
+        let median = times[times.len() / 2];
+        println!(
+            "net_transfer bytes={size} best_ms={:.1} median_ms={:.1} mb_per_s={:.0}",
+            ms(best),
+            ms(median),
+            size as f64 / 1e6 / median.as_secs_f64()
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,239 @@
+//! The request-response codec for bulk data: one opaque payload per stream,
+//! framed by a big-endian `u32` length, with a hard cap checked before any
+//! buffer is allocated.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use libp2p::request_response::Codec;
+
+/// The protocol name of bulk transfers between members.
+pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/primia/bulk/1");
+
+/// What we reserve up front for an incoming payload. The buffer grows as
+/// bytes actually arrive, so a peer that announces a large payload and then
+/// stalls costs us this much, not the announced length.
+const INITIAL_RESERVE_BYTES: usize = 1 << 20;
+
+/// Length-prefixed framing of opaque requests and responses with size caps.
+///
+/// The caps apply both ways: we refuse to read a larger frame (an
+/// `InvalidData` error that resets the stream, so the peer gets an error
+/// rather than a hang) and refuse to write one.
+#[derive(Debug, Clone)]
+pub struct BulkCodec {
+    max_request_bytes: usize,
+    max_response_bytes: usize,
+    /// Incoming frames refused or broken off, shared by every clone (one
+    /// per stream). libp2p only logs a failed read of a request, so this
+    /// is how the event loop learns about them.
+    bad_frames: Arc<AtomicU64>,
+}
+
+impl BulkCodec {
+    /// A codec with the given caps; each must fit the `u32` length prefix.
+    pub fn new(max_request_bytes: usize, max_response_bytes: usize) -> Self {
+        Self {
+            max_request_bytes: max_request_bytes.min(u32::MAX as usize),
+            max_response_bytes: max_response_bytes.min(u32::MAX as usize),
+            bad_frames: Arc::default(),
+        }
+    }
+
+    /// How many incoming requests and responses were over the cap,
+    /// truncated or broken off so far, across all streams.
+    pub fn bad_frames(&self) -> u64 {
+        self.bad_frames.load(Ordering::Relaxed)
+    }
+
+    fn count_bad<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        let refused = |e: &io::Error| e.get_ref().is_some_and(|inner| inner.is::<NoFrame>());
+        if result.as_ref().is_err_and(|e| !refused(e)) {
+            self.bad_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// The stream ended before a frame began: the peer refused to answer (or
+/// sent nothing), which is not a malformed frame.
+#[derive(Debug)]
+struct NoFrame(String);
+
+impl std::fmt::Display for NoFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the peer closed the stream without a {}", self.0)
+    }
+}
+
+impl std::error::Error for NoFrame {}
+
+/// Reads one frame of at most `max_bytes`.
+pub async fn read_frame<T>(io: &mut T, max_bytes: usize, what: &str) -> io::Result<Vec<u8>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        match io.read(&mut prefix[got..]).await? {
+            0 if got == 0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    NoFrame(what.to_owned()),
+                ));
+            }
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} of {len} bytes exceeds the limit of {max_bytes} bytes"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len.min(INITIAL_RESERVE_BYTES));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{what} ended after {} of {len} bytes", buf.len()),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Writes one frame, refusing a payload over `max_bytes`.
+pub async fn write_frame<T>(
+    io: &mut T,
+    payload: &[u8],
+    max_bytes: usize,
+    what: &str,
+) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    if payload.len() > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{what} of {} bytes exceeds the limit of {max_bytes} bytes",
+                payload.len()
+            ),
+        ));
+    }
+    let len = u32::try_from(payload.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} does not fit a u32 length"),
+        )
+    })?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(payload).await?;
+    io.flush().await
+}
+
+impl Codec for BulkCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let result = read_frame(io, self.max_request_bytes, "request").await;
+        self.count_bad(result)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let result = read_frame(io, self.max_response_bytes, "response").await;
+        self.count_bad(result)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req, self.max_request_bytes, "request").await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res, self.max_response_bytes, "response").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+
+    fn frame(len_prefix: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = len_prefix.to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn read(bytes: Vec<u8>, max: usize) -> io::Result<Vec<u8>> {
+        futures::executor::block_on(read_frame(&mut Cursor::new(bytes), max, "request"))
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut out = Cursor::new(Vec::new());
+        futures::executor::block_on(write_frame(&mut out, b"hello", 10, "request")).unwrap();
+        assert_eq!(out.get_ref(), &frame(5, b"hello"));
+        assert_eq!(read(out.into_inner(), 10).unwrap(), b"hello");
+        assert_eq!(read(frame(0, b""), 10).unwrap(), b"");
+    }
+
+    #[test]
+    fn oversize_length_is_refused_before_reading_the_body() {
+        // Announces 4 GiB with no body: refused from the prefix alone.
+        let err = read(frame(u32::MAX, b""), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[test]
+    fn truncated_frames_are_errors() {
+        assert_eq!(
+            read(frame(10, b"abc"), 100).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(
+            read(vec![0, 0], 100).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+
+    #[test]
+    fn oversize_payload_is_not_written() {
+        let mut out = Cursor::new(Vec::new());
+        let err = futures::executor::block_on(write_frame(&mut out, &[0; 11], 10, "response"))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(out.get_ref().is_empty());
+    }
+}

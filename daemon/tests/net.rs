@@ -1,0 +1,459 @@
+//! The network layer over real libp2p on 127.0.0.1: discovery from a
+//! bootstrap node, gossip and bulk requests between members, size caps, and
+//! members that restart. Every wait has a hard timeout.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use primiad::net::{NetConfig, NetError, NetEvent, Network, NetworkClient};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Longest any single step of a test may take.
+const STEP: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {STEP:?}: {what}"),
+    }
+}
+
+struct Node {
+    key: Keypair,
+    peer: PeerId,
+    client: NetworkClient,
+    events: mpsc::Receiver<NetEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    /// A dialable address ending in `/p2p/<peer id>`.
+    addr: Multiaddr,
+}
+
+fn config(roster: &[PeerId], bootstrap: &[Multiaddr]) -> NetConfig {
+    let mut c = NetConfig::new("test-consortium", roster.to_vec());
+    c.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    c.bootstrap_addrs = bootstrap.to_vec();
+    c.redial_interval = Duration::from_millis(200);
+    c.gossip_heartbeat = Duration::from_millis(100);
+    c.request_timeout = Duration::from_secs(15);
+    c
+}
+
+async fn start(key: Keypair, config: NetConfig) -> Node {
+    let peer = key.public().to_peer_id();
+    let Network {
+        client,
+        events,
+        event_loop,
+    } = Network::new(config, key.clone()).expect("network starts");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(event_loop.run(async {
+        let _ = stopped.await;
+    }));
+    let addrs = within("listen address", client.listen_addrs())
+        .await
+        .unwrap();
+    let addr = addrs[0].clone().with(Protocol::P2p(peer));
+    Node {
+        key,
+        peer,
+        client,
+        events,
+        stop: Some(stop),
+        task,
+        addr,
+    }
+}
+
+impl Node {
+    /// Stops the event loop and waits until the swarm is gone.
+    async fn shut_down(mut self) -> Keypair {
+        drop(self.stop.take());
+        within("event loop stops", &mut self.task).await.unwrap();
+        self.key
+    }
+
+    /// Reads events until `f` picks one; other events are discarded
+    /// (a discarded request is refused).
+    async fn wait_for<T>(&mut self, what: &str, mut f: impl FnMut(NetEvent) -> Option<T>) -> T {
+        let events = &mut self.events;
+        within(what, async {
+            loop {
+                let event = events.recv().await.expect("event stream open");
+                if let Some(v) = f(event) {
+                    return v;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until each of `peers` has subscribed to our gossip topic.
+    async fn wait_subscribed(&mut self, peers: &[PeerId]) {
+        let mut missing: HashSet<PeerId> =
+            peers.iter().copied().filter(|p| *p != self.peer).collect();
+        let me = self.peer;
+        self.wait_for(&format!("{me} sees every member subscribed"), |e| {
+            if let NetEvent::PeerSubscribed { peer } = e {
+                missing.remove(&peer);
+            }
+            missing.is_empty().then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for a gossip message and returns its author and payload.
+    async fn next_gossip(&mut self) -> (PeerId, Vec<u8>) {
+        self.wait_for("a gossip message", |e| match e {
+            NetEvent::GossipMessage { from, data, .. } => Some((from, data)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Answers the next request with `answer(payload)`.
+    async fn serve_one(&mut self, answer: impl FnOnce(Vec<u8>) -> Vec<u8>) -> PeerId {
+        let (from, payload, reply) = self
+            .wait_for("a request", |e| match e {
+                NetEvent::Request {
+                    from,
+                    payload,
+                    reply,
+                } => Some((from, payload, reply)),
+                _ => None,
+            })
+            .await;
+        reply.respond(answer(payload)).expect("response accepted");
+        from
+    }
+}
+
+fn keys(n: usize) -> (Vec<Keypair>, Vec<PeerId>) {
+    let keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+    let peers = keys.iter().map(|k| k.public().to_peer_id()).collect();
+    (keys, peers)
+}
+
+/// Starts node 0, then the others with node 0 as their only bootstrap
+/// address, and waits until every member sees every other subscribed.
+async fn cluster(n: usize) -> Vec<Node> {
+    let (keys, roster) = keys(n);
+    let mut keys = keys.into_iter();
+    let first = start(keys.next().unwrap(), config(&roster, &[])).await;
+    let bootstrap = [first.addr.clone()];
+    let mut nodes = vec![first];
+    for key in keys {
+        nodes.push(start(key, config(&roster, &bootstrap)).await);
+    }
+    for node in &mut nodes {
+        node.wait_subscribed(&roster).await;
+    }
+    nodes
+}
+
+fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Every member publishes once; every member must receive every other
+/// member's message, attributed to its author.
+async fn check_gossip_reaches_everyone(nodes: &mut [Node]) {
+    for (i, node) in nodes.iter().enumerate() {
+        within(
+            "publish",
+            node.client.publish(format!("hello from {i}").into_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    let peers: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
+    for node in nodes.iter_mut() {
+        let mut expected: HashSet<(PeerId, Vec<u8>)> = peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p != node.peer)
+            .map(|(i, p)| (*p, format!("hello from {i}").into_bytes()))
+            .collect();
+        while !expected.is_empty() {
+            let got = node.next_gossip().await;
+            assert!(expected.remove(&got), "unexpected gossip {got:?}");
+        }
+    }
+}
+
+/// `from` asks `to` and gets `payload` back reversed.
+async fn check_request(nodes: &mut [Node], from: usize, to: usize, payload: Vec<u8>) {
+    let client = nodes[from].client.clone();
+    let target = nodes[to].peer;
+    let expected: Vec<u8> = payload.iter().rev().copied().collect();
+    let requester = nodes[from].peer;
+    let (answer, asker) = tokio::join!(
+        within("request answered", client.request(target, payload)),
+        nodes[to].serve_one(|mut p| {
+            p.reverse();
+            p
+        })
+    );
+    assert_eq!(asker, requester);
+    assert!(
+        answer.unwrap() == expected,
+        "response from {to} to {from} differs"
+    );
+}
+
+async fn check_cluster(n: usize) {
+    let mut nodes = cluster(n).await;
+    for node in &nodes {
+        let connected = node.client.connected_peers().await.unwrap();
+        assert_eq!(
+            connected.len(),
+            n - 1,
+            "{} is connected to {connected:?}",
+            node.peer
+        );
+    }
+    check_gossip_reaches_everyone(&mut nodes).await;
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                check_request(&mut nodes, from, to, payload(1000, (from * n + to) as u8)).await;
+            }
+        }
+    }
+    // Bulk: several megabytes between two members that only met through
+    // the bootstrap node.
+    check_request(&mut nodes, 1, n - 1, payload(6 << 20, 7)).await;
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_discover_each_other_and_exchange_gossip_and_requests() {
+    check_cluster(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_discover_each_other_and_exchange_gossip_and_requests() {
+    check_cluster(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_payloads_fail_with_an_error_and_the_connection_survives() {
+    let (keys, roster) = keys(2);
+    let mut keys = keys.into_iter();
+    let mut small_inbox = config(&roster, &[]);
+    small_inbox.max_request_bytes = 1 << 20;
+    let mut a = start(keys.next().unwrap(), small_inbox).await;
+    let mut small_answers = config(&roster, &[a.addr.clone()]);
+    small_answers.max_response_bytes = 1 << 20;
+    let mut b = start(keys.next().unwrap(), small_answers).await;
+    a.wait_subscribed(&roster).await;
+    b.wait_subscribed(&roster).await;
+
+    // A request over the receiver's cap: refused by the receiver after the
+    // length prefix; the sender sees an error, not a hang.
+    let err = within(
+        "oversize request fails",
+        b.client.request(a.peer, payload(2 << 20, 1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, NetError::Request { .. }), "{err}");
+
+    // A request over our own cap never leaves.
+    let err = a
+        .client
+        .request(b.peer, payload((1 << 20) + 1, 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::PayloadTooLarge {
+                what: "request",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // A response over the requester's cap: the requester refuses it.
+    let (answer, _) = tokio::join!(
+        within(
+            "oversize response fails",
+            b.client.request(a.peer, b"small".to_vec())
+        ),
+        a.serve_one(|_| payload(2 << 20, 3))
+    );
+    assert!(
+        matches!(answer, Err(NetError::Request { .. })),
+        "{answer:?}"
+    );
+
+    // A refused request (handle dropped) fails at once.
+    let (answer, ()) = tokio::join!(
+        within(
+            "refused request fails",
+            b.client.request(a.peer, b"refuse me".to_vec())
+        ),
+        a.wait_for("request to refuse", |e| matches!(
+            e,
+            NetEvent::Request { .. }
+        )
+        .then_some(()))
+    );
+    assert!(
+        matches!(answer, Err(NetError::Request { .. })),
+        "{answer:?}"
+    );
+
+    // The connection is still good for requests within the caps.
+    let mut nodes = vec![a, b];
+    check_request(&mut nodes, 1, 0, payload(1 << 20, 4)).await;
+    // Each side counted the frame it refused: `a` the request, `b` the
+    // response.
+    for node in &nodes {
+        let stats = node.client.stats().await.unwrap();
+        assert_eq!(stats.bad_bulk_frames, 1, "{stats:?}");
+        assert_eq!(stats.connected_peers, 1);
+    }
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_members_reconnect() {
+    let mut nodes = cluster(3).await;
+    let roster: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
+
+    // A member that only knows the bootstrap node restarts on a new port:
+    // it dials the bootstrap node and finds the third member again.
+    let b = nodes.remove(1);
+    let b_peer = b.peer;
+    let key = b.shut_down().await;
+    for node in &mut nodes {
+        node.wait_for("b leaves", |e| {
+            matches!(e, NetEvent::PeerDisconnected { peer } if peer == b_peer).then_some(())
+        })
+        .await;
+    }
+    let mut b = start(key, config(&roster, &[nodes[0].addr.clone()])).await;
+    b.wait_subscribed(&roster).await;
+    for node in &mut nodes {
+        node.wait_subscribed(&[b_peer]).await;
+    }
+    nodes.insert(1, b);
+    check_gossip_reaches_everyone(&mut nodes).await;
+
+    // The bootstrap node restarts on the same address: the others redial it.
+    let a = nodes.remove(0);
+    let (a_peer, a_addr) = (a.peer, a.addr.clone());
+    let key = a.shut_down().await;
+    for node in &mut nodes {
+        node.wait_for("a leaves", |e| {
+            matches!(e, NetEvent::PeerDisconnected { peer } if peer == a_peer).then_some(())
+        })
+        .await;
+    }
+    let mut a_config = config(&roster, &[]);
+    let mut listen = a_addr.clone();
+    listen.pop();
+    a_config.listen_addrs = vec![listen];
+    let mut a = start(key, a_config).await;
+    assert_eq!(a.addr, a_addr);
+    a.wait_subscribed(&roster).await;
+    for node in &mut nodes {
+        node.wait_subscribed(&[a_peer]).await;
+    }
+    nodes.insert(0, a);
+    check_gossip_reaches_everyone(&mut nodes).await;
+    check_request(&mut nodes, 2, 0, payload(1000, 9)).await;
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_and_misuse_are_errors() {
+    let (keys, roster) = keys(2);
+    let outsider = Keypair::generate_ed25519().public().to_peer_id();
+    let mut c = config(&roster, &[]);
+    c.listen_addrs = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    if !cfg!(feature = "quic") {
+        let err = Network::new(c, keys[0].clone())
+            .err()
+            .expect("quic address refused without the quic feature");
+        assert!(matches!(err, NetError::Listen { .. }), "{err}");
+    }
+    let mut c = config(&roster, &[]);
+    c.bootstrap_addrs = vec![
+        format!("/ip4/127.0.0.1/tcp/1/p2p/{outsider}")
+            .parse()
+            .unwrap(),
+    ];
+    let err = Network::new(c, keys[0].clone())
+        .err()
+        .expect("bootstrap off the roster refused");
+    assert!(
+        matches!(
+            err,
+            NetError::InvalidConfig {
+                field: "bootstrap_addrs",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let node = start(keys[0].clone(), config(&roster, &[])).await;
+    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
+    let err = node.client.dial(outsider, vec![addr]).await.unwrap_err();
+    assert!(
+        matches!(err, NetError::NotOnRoster(p) if p == outsider),
+        "{err}"
+    );
+    let err = node.client.request(outsider, vec![1]).await.unwrap_err();
+    assert!(matches!(err, NetError::NotOnRoster(_)), "{err}");
+    // Nobody else is there yet: publishing says so instead of vanishing.
+    let err = node.client.publish(b"anyone?".to_vec()).await.unwrap_err();
+    assert!(matches!(err, NetError::Publish(_)), "{err}");
+    let err = node
+        .client
+        .publish(vec![0; (1 << 20) + 1])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::PayloadTooLarge {
+                what: "gossip message",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A member that cannot be reached fails the request, it does not hang.
+    let err = within(
+        "unreachable member",
+        node.client.request(roster[1], vec![1]),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, NetError::Request { .. }), "{err}");
+
+    let client = node.client.clone();
+    node.shut_down().await;
+    assert!(matches!(
+        client.connected_peers().await,
+        Err(NetError::Stopped)
+    ));
+}
