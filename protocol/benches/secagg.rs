@@ -209,6 +209,8 @@ impl Consortium {
 struct RunCosts {
     /// Per member, everything its round did.
     member: Vec<Cost>,
+    /// Per member, its calls by the kind of message delivered.
+    member_parts: Vec<BTreeMap<&'static str, Cost>>,
     /// The leader's calls, by the kind of message delivered ("timeout" and
     /// "start" for the other calls).
     leader: BTreeMap<&'static str, Cost>,
@@ -301,6 +303,7 @@ fn run_round(c: &Consortium, dropout: f64, seed: u64) -> RunCosts {
         outcomes: vec![None; n],
     };
     let mut member = vec![Cost::default(); n];
+    let mut parts: Vec<BTreeMap<&'static str, Cost>> = vec![BTreeMap::new(); n];
     let mut lead: BTreeMap<&'static str, Cost> = BTreeMap::new();
     let mut rounds = Vec::with_capacity(n);
     for (i, spent) in member.iter_mut().enumerate() {
@@ -320,6 +323,7 @@ fn run_round(c: &Consortium, dropout: f64, seed: u64) -> RunCosts {
             r
         });
         *spent += cost;
+        *parts[i].entry("start").or_default() += cost;
         if id == leader {
             *lead.entry("start").or_default() += cost;
         }
@@ -334,9 +338,10 @@ fn run_round(c: &Consortium, dropout: f64, seed: u64) -> RunCosts {
                 continue;
             }
             let was_done = rounds[j].is_done();
-            let ((), cost) = timed(|| rounds[j].handle_message(now, from, &bytes));
-            drop(bytes);
+            // As a driver hands over a buffer fresh from the network.
+            let ((), cost) = timed(|| rounds[j].handle_owned_message(now, from, bytes));
             member[j] += cost;
+            *parts[j].entry(kind_label(kind)).or_default() += cost;
             if to == leader {
                 // The call that finished the round did the unmasking; later
                 // ones only turn away reveals beyond the first t.
@@ -363,6 +368,7 @@ fn run_round(c: &Consortium, dropout: f64, seed: u64) -> RunCosts {
             if !net.dead[i] && rounds[i].poll_timeout().is_some_and(|d| d <= now) {
                 let ((), cost) = timed(|| rounds[i].handle_timeout(now));
                 member[i] += cost;
+                *parts[i].entry("timeout").or_default() += cost;
                 if MemberId(i as u16) == leader {
                     *lead.entry("timeout").or_default() += cost;
                 }
@@ -373,6 +379,7 @@ fn run_round(c: &Consortium, dropout: f64, seed: u64) -> RunCosts {
     check_outcomes(c, &net);
     RunCosts {
         member,
+        member_parts: parts,
         leader: lead,
     }
 }
@@ -477,6 +484,7 @@ fn bench(c: &Consortium, dropout: f64, runs: usize) -> Summary {
     let mut agg_wall = Vec::new();
     let mut leader_parts: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut leader_total = Vec::new();
+    let mut member_parts: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     // One warm-up round, not counted.
     run_round(c, dropout, 1_000);
     for run in 0..runs {
@@ -491,6 +499,11 @@ fn bench(c: &Consortium, dropout: f64, runs: usize) -> Summary {
         member_cpu.push(median(measured.iter().map(|c| c.cpu_ms()).collect()));
         member_wall.push(median(measured.iter().map(|c| c.wall_ms()).collect()));
         member_max.push(measured.iter().map(|c| c.cpu_ms()).fold(0.0, f64::max));
+        for i in (0..n).filter(|&i| !dropped[i] && i != c.leader.index()) {
+            for (kind, cost) in &costs.member_parts[i] {
+                member_parts.entry(kind).or_default().push(cost.cpu_ms());
+            }
+        }
         let mut agg = Cost::default();
         for kind in [
             "masked_input",
@@ -551,12 +564,16 @@ fn bench(c: &Consortium, dropout: f64, runs: usize) -> Summary {
         survivors + k * survivors,
         s.aggregate_ms / agg_floor
     );
+    println!("member, by message delivered (median over members and runs):");
+    for (kind, xs) in member_parts {
+        println!("    {kind:<34} {:9.2} ms", median(xs));
+    }
     println!(
         "leader round, all calls: cpu {:9.2} ms, by message delivered:",
         median(leader_total)
     );
     for (kind, xs) in leader_parts {
-        println!("    {kind:<24} {:9.2} ms", median(xs));
+        println!("    {kind:<34} {:9.2} ms", median(xs));
     }
     s
 }

@@ -24,7 +24,7 @@ mod member;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use primia_crypto::{IdentityKey, PublicIdentity, Ring, fixed};
 use rand_core::CryptoRng;
@@ -561,9 +561,15 @@ struct Attempt {
 
 /// The result, kept to answer members still in a later attempt.
 struct Finished {
-    outcome: Outcome,
+    /// The attempt that produced the outcome.
+    attempt: u32,
     /// The leader-signed outcome envelope.
-    envelope: Option<WireBytes>,
+    envelope: WireBytes,
+    /// The outcome for [`Round::outcome`], decoded from `envelope` the first
+    /// time it is asked for. [`Event::Finished`] carries the original; a
+    /// second copy kept here would cost a copy of the whole sum (megabytes)
+    /// in every round for an accessor drivers rarely use.
+    outcome: OnceLock<Option<Outcome>>,
     /// Highest attempt each member was answered for: one answer per member
     /// and attempt bounds what a peer can make this member send.
     answered: BTreeMap<MemberId, u32>,
@@ -687,7 +693,19 @@ impl<R: CryptoRng> Round<R> {
     /// Feeds bytes that member `from` delivered. A bad message becomes an
     /// [`Event::Rejected`]; it never fails, never panics.
     pub fn handle_message(&mut self, now: Instant, from: MemberId, bytes: &[u8]) {
-        if let Err(reason) = self.on_remote(now, from, bytes) {
+        self.handle(now, from, bytes, None);
+    }
+
+    /// [`Self::handle_message`] for a buffer the driver owns (as it comes
+    /// off the network). The one message a round keeps, the outcome
+    /// envelope (to answer members still in a later attempt), is then kept
+    /// as it is instead of copied: megabytes less per round.
+    pub fn handle_owned_message(&mut self, now: Instant, from: MemberId, bytes: WireBytes) {
+        self.handle(now, from, &bytes, Some(&bytes));
+    }
+
+    fn handle(&mut self, now: Instant, from: MemberId, bytes: &[u8], owned: Option<&WireBytes>) {
+        if let Err(reason) = self.on_remote(now, from, bytes, owned) {
             self.event(Event::Rejected { from, reason });
         }
         self.drain_local(now);
@@ -764,12 +782,26 @@ impl<R: CryptoRng> Round<R> {
         }
     }
 
-    /// The outcome, once finished.
+    /// The outcome, once finished: the same as [`Event::Finished`] carried.
+    /// The first call decodes it from the kept envelope.
     pub fn outcome(&self) -> Option<&Outcome> {
-        match &self.state {
-            State::Finished(f) => Some(&f.outcome),
-            _ => None,
-        }
+        let State::Finished(f) = &self.state else {
+            return None;
+        };
+        f.outcome
+            .get_or_init(|| {
+                let d = wire::decode(&f.envelope).ok()?;
+                let Payload::Outcome(o) = d.message.payload else {
+                    return None;
+                };
+                Some(Outcome {
+                    round: self.config.round,
+                    attempt: f.attempt,
+                    participants: o.participants,
+                    sum: o.sum.0,
+                })
+            })
+            .as_ref()
     }
 
     /// Whether the round is over here (finished or failed).
@@ -899,25 +931,27 @@ impl<R: CryptoRng> Round<R> {
 
     /// Ends the round with `outcome`. `envelope` is the leader-signed
     /// outcome message, kept to answer stragglers.
-    fn finish(&mut self, outcome: Outcome, envelope: Option<WireBytes>) {
+    fn finish(&mut self, outcome: Outcome, envelope: WireBytes) {
         // If this member leads a later attempt than the outcome's, its
         // members wait on it: pass the outcome on.
-        if let (State::Running(att), Some(bytes)) = (&self.state, &envelope)
+        if let State::Running(att) = &self.state
             && att.leader == self.me
             && att.number != outcome.attempt
         {
             let message = Outgoing {
                 kind: MessageKind::Outcome,
                 attempt: outcome.attempt,
-                bytes: bytes.clone(),
+                bytes: envelope.clone(),
             };
             self.outputs.push_back(Output::Broadcast { message });
         }
         self.local.clear();
-        self.event(Event::Finished(outcome.clone()));
+        let attempt = outcome.attempt;
+        self.event(Event::Finished(outcome));
         self.state = State::Finished(Box::new(Finished {
-            outcome,
+            attempt,
             envelope,
+            outcome: OnceLock::new(),
             answered: BTreeMap::new(),
         }));
     }
@@ -1019,6 +1053,7 @@ impl<R: CryptoRng> Round<R> {
         now: Instant,
         from: MemberId,
         bytes: &[u8],
+        owned: Option<&WireBytes>,
     ) -> Result<(), RejectReason> {
         if self.roster.member(from).is_none() {
             return Err(RejectReason::UnknownSender { sender: from.0 });
@@ -1058,7 +1093,7 @@ impl<R: CryptoRng> Round<R> {
             State::Finished(f) => {
                 // A member still in a later attempt: answer with the outcome,
                 // once per member and attempt.
-                if h.attempt <= f.outcome.attempt
+                if h.attempt <= f.attempt
                     || kind == MessageKind::Outcome
                     || f.answered.get(&from).is_some_and(|a| *a >= h.attempt)
                 {
@@ -1066,20 +1101,18 @@ impl<R: CryptoRng> Round<R> {
                 }
                 auth.check()?;
                 f.answered.insert(from, h.attempt);
-                if let Some(bytes) = f.envelope.clone() {
-                    let message = Outgoing {
-                        kind: MessageKind::Outcome,
-                        attempt: f.outcome.attempt,
-                        bytes,
-                    };
-                    self.outputs.push_back(Output::Send { to: from, message });
-                }
+                let message = Outgoing {
+                    kind: MessageKind::Outcome,
+                    attempt: f.attempt,
+                    bytes: f.envelope.clone(),
+                };
+                self.outputs.push_back(Output::Send { to: from, message });
                 return Ok(());
             }
             State::Running(att) => att.number,
         };
         if kind == MessageKind::Outcome {
-            return self.on_outcome(decoded, key, bytes);
+            return self.on_outcome(decoded, key, bytes, owned);
         }
         if h.attempt < current {
             return Err(RejectReason::StaleAttempt {
@@ -1105,9 +1138,10 @@ impl<R: CryptoRng> Round<R> {
     /// (possibly relayed).
     fn on_outcome(
         &mut self,
-        decoded: Decoded<'_>,
+        mut decoded: Decoded<'_>,
         key: &PublicIdentity,
         bytes: &[u8],
+        owned: Option<&WireBytes>,
     ) -> Result<(), RejectReason> {
         let h = decoded.message.header;
         if h.sender != self.leader_of(h.attempt) {
@@ -1124,14 +1158,16 @@ impl<R: CryptoRng> Round<R> {
                 what: "outcome has fewer participants than the threshold",
             });
         }
-        if o.sum.0.len() != self.config.vector_len {
+        let got = decoded.vector_le().map_or(o.sum.0.len(), |le| le.len() / 8);
+        if got != self.config.vector_len {
             return Err(RejectReason::WrongVectorLength {
-                got: o.sum.0.len(),
+                got,
                 expected: self.config.vector_len,
             });
         }
-        decoded
-            .verify(key)
+        // Converted from the envelope as the signature's hash passes over it.
+        let sum = decoded
+            .verify_vector(key)
             .map_err(|_| RejectReason::BadSignature)?;
         let Payload::Outcome(o) = decoded.message.payload else {
             return Err(RejectReason::RoundOver);
@@ -1140,9 +1176,12 @@ impl<R: CryptoRng> Round<R> {
             round: self.config.round,
             attempt: h.attempt,
             participants: o.participants,
-            sum: o.sum.0,
+            sum,
         };
-        self.finish(outcome, Some(WireBytes::new(bytes.to_vec())));
+        let envelope = owned
+            .cloned()
+            .unwrap_or_else(|| WireBytes::new(bytes.to_vec()));
+        self.finish(outcome, envelope);
         Ok(())
     }
 

@@ -582,7 +582,12 @@ impl Sim {
         match q.item {
             Item::Deliver { to, from, bytes } => {
                 if let Some(round) = self.nodes[to.index()].round.as_mut() {
-                    round.handle_message(now, from, &bytes);
+                    // Both ways a driver may hand bytes over, alternately.
+                    if q.seq % 2 == 0 {
+                        round.handle_owned_message(now, from, bytes);
+                    } else {
+                        round.handle_message(now, from, &bytes);
+                    }
                     self.pump(to);
                     self.last_stepped = Some(to);
                 }

@@ -544,6 +544,15 @@ impl Payload {
         }
     }
 
+    /// The vector of a bulk kind.
+    fn vector_mut(&mut self) -> Option<&mut RingVector> {
+        match self {
+            Payload::MaskedInput(m) => Some(&mut m.vector),
+            Payload::Outcome(o) => Some(&mut o.sum),
+            _ => None,
+        }
+    }
+
     /// A close upper bound of the encoded size, to allocate once.
     fn size_hint(&self) -> usize {
         match self {
@@ -701,7 +710,7 @@ fn sign_envelope(identity: &IdentityKey, mut out: Vec<u8>) -> Result<Vec<u8>, Pr
 /// A parsed envelope whose signature is not yet checked.
 #[derive(Debug)]
 pub struct Decoded<'a> {
-    /// The message. After [`decode_in_place`] of a masked input its vector
+    /// The message. After [`decode_in_place`] of a bulk message its vector
     /// is empty and [`Self::vector_le`] holds it.
     pub message: Message,
     signed: &'a [u8],
@@ -725,10 +734,53 @@ impl<'a> Decoded<'a> {
             })
     }
 
-    /// The vector of a masked input left in the envelope by
+    /// The vector of a bulk message left in the envelope by
     /// [`decode_in_place`]: little-endian `u64`s, a whole number of them.
     pub(crate) fn vector_le(&self) -> Option<&'a [u8]> {
         self.vector_le
+    }
+
+    /// Checks the signature and takes the vector of a bulk message out of
+    /// it. Decoded in place, the vector is converted from the envelope
+    /// piece by piece as the signature's hash passes over it (one read of
+    /// the bytes, not two); otherwise it is moved out of the payload. On a
+    /// bad signature nothing is returned.
+    pub(crate) fn verify_vector(
+        &mut self,
+        sender_identity: &PublicIdentity,
+    ) -> Result<Vec<Ring>, ProtocolError> {
+        let bad = |sender: u16| ProtocolError::BadSignature { sender };
+        let sender = self.message.header.sender.0;
+        let Some(le) = self.vector_le else {
+            self.verify(sender_identity)?;
+            return Ok(self
+                .message
+                .payload
+                .vector_mut()
+                .map(|v| std::mem::take(&mut v.0))
+                .unwrap_or_default());
+        };
+        let start = self.signed.len() - le.len();
+        let mut out = Vec::with_capacity(le.len() / 8);
+        sender_identity
+            .verify_with_progress(
+                kdf::MESSAGE_SIGNATURE,
+                self.signed,
+                &self.signature,
+                |hashed| {
+                    let upto = hashed.saturating_sub(start) / 8;
+                    let done = out.len();
+                    if upto > done {
+                        out.extend(
+                            le[done * 8..upto * 8]
+                                .chunks_exact(8)
+                                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+                        );
+                    }
+                },
+            )
+            .map_err(|_| bad(sender))?;
+        Ok(out)
     }
 
     /// For a masked input decoded in place: checks the signature and adds
@@ -779,16 +831,18 @@ impl<'a> Decoded<'a> {
 /// allocates more than a small multiple of `bytes.len()`.
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
     let mut d = decode_in_place(bytes)?;
-    if let (Some(le), Payload::MaskedInput(m)) = (d.vector_le.take(), &mut d.message.payload) {
-        m.vector = RingVector(ring_from_le(le));
+    if let (Some(le), Some(v)) = (d.vector_le.take(), d.message.payload.vector_mut()) {
+        *v = RingVector(ring_from_le(le));
     }
     Ok(d)
 }
 
-/// [`decode`], except that a masked input's vector stays in `bytes`
-/// ([`Decoded::vector_le`]): the leader adds it to its running sum from
-/// there, without allocating and filling a copy of megabytes first. Accepts
-/// and rejects exactly what [`decode`] does.
+/// [`decode`], except that the vector of a bulk message (masked input or
+/// outcome) stays in `bytes` ([`Decoded::vector_le`]): the leader adds a
+/// masked input to its running sum from there, and a member converts an
+/// outcome while checking its signature, instead of first allocating and
+/// filling a copy of megabytes. Accepts and rejects exactly what [`decode`]
+/// does.
 pub(crate) fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
     if bytes.len() > MAX_BULK_MESSAGE_BYTES {
         return Err(ProtocolError::Oversized {
@@ -827,8 +881,15 @@ pub(crate) fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError
             });
         }
     }
-    if kind == Some(MessageKind::MaskedInput) {
-        // The whole payload is the vector: a byte-string length, the bytes.
+    if let Some(bulk @ (MessageKind::MaskedInput | MessageKind::Outcome)) = kind {
+        // An outcome starts with its participants; then, for both, the
+        // vector is the last field: a byte-string length and the bytes.
+        let (participants, rest) = if bulk == MessageKind::Outcome {
+            let (p, rest) = postcard::take_from_bytes::<Vec<MemberId>>(rest).map_err(malformed)?;
+            (Some(p), rest)
+        } else {
+            (None, rest)
+        };
         let (byte_len, rest) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
         if byte_len > rest.len() {
             return Err(malformed(postcard::Error::DeserializeUnexpectedEnd));
@@ -838,13 +899,17 @@ pub(crate) fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError
         if !rest.is_empty() {
             return Err(ProtocolError::TrailingBytes { count: rest.len() });
         }
+        let payload = match participants {
+            Some(participants) => Payload::Outcome(OutcomeMessage {
+                participants,
+                sum: RingVector::default(),
+            }),
+            None => Payload::MaskedInput(MaskedInput {
+                vector: RingVector::default(),
+            }),
+        };
         return Ok(Decoded {
-            message: Message {
-                header,
-                payload: Payload::MaskedInput(MaskedInput {
-                    vector: RingVector::default(),
-                }),
-            },
+            message: Message { header, payload },
             signed,
             signature,
             vector_le: Some(vector),
@@ -946,6 +1011,53 @@ mod tests {
         encode_with_postcard(&key(), message).unwrap()
     }
 
+    /// The decoder as it was before bulk vectors were read in place: all
+    /// of the body through postcard. The reference `decode` must match.
+    fn reference_decode(bytes: &[u8]) -> Option<Message> {
+        if bytes.len() < 1 + SIGNATURE_BYTES || bytes[0] != WIRE_VERSION {
+            return None;
+        }
+        let body = &bytes[1..bytes.len() - SIGNATURE_BYTES];
+        match postcard::take_from_bytes::<Message>(body) {
+            Ok((m, [])) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Every truncation, one-byte change and one-byte insertion of `bytes`
+    /// before the signature, and `bytes` itself.
+    fn variants(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = (0..=bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+        for i in 0..bytes.len() - SIGNATURE_BYTES {
+            for delta in [1u8, 0x80] {
+                let mut b = bytes.to_vec();
+                b[i] = b[i].wrapping_add(delta);
+                out.push(b);
+            }
+            let mut longer = bytes.to_vec();
+            longer.insert(i, 0);
+            out.push(longer);
+        }
+        out
+    }
+
+    /// `decode` and `decode_in_place` (vector materialised) agree with the
+    /// reference on every variant.
+    fn check_decoders_agree(bytes: &[u8]) {
+        for b in variants(bytes) {
+            let reference = reference_decode(&b);
+            let full = decode(&b).ok().map(|d| d.message);
+            let in_place = decode_in_place(&b).ok().map(|mut d| {
+                if let (Some(le), Some(v)) = (d.vector_le(), d.message.payload.vector_mut()) {
+                    *v = RingVector(ring_from_le(le));
+                }
+                d.message
+            });
+            assert_eq!(full, reference);
+            assert_eq!(in_place, reference);
+        }
+    }
+
     #[test]
     fn bulk_encoding_matches_postcard() {
         for len in [0, 1, VECTOR_PIECE - 1, VECTOR_PIECE, 3 * VECTOR_PIECE + 5] {
@@ -998,9 +1110,9 @@ mod tests {
         }
     }
 
-    /// In-place decoding of a masked input agrees with full decoding on the
-    /// genuine message and on every truncation and one-byte change of its
-    /// body, and the vector it leaves in place is the right one.
+    /// In-place decoding of a masked input agrees with postcard on the
+    /// genuine message and on every truncation and one-byte change of it,
+    /// and the vector it leaves in place is the right one.
     #[test]
     fn in_place_decoding_agrees_with_full_decoding() {
         let v = vector(40);
@@ -1022,34 +1134,7 @@ mod tests {
         assert_eq!(full.message, message);
         assert!(full.vector_le().is_none());
 
-        let mut variants: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
-        for i in 0..bytes.len() - SIGNATURE_BYTES {
-            for delta in [1u8, 0x80] {
-                let mut b = bytes.clone();
-                b[i] = b[i].wrapping_add(delta);
-                variants.push(b);
-            }
-            let mut longer = bytes.clone();
-            longer.insert(i, 0);
-            variants.push(longer);
-        }
-        for b in &variants {
-            match (decode_in_place(b), decode(b)) {
-                (Ok(l), Ok(f)) => {
-                    let mut m = l.message.clone();
-                    if let (Payload::MaskedInput(mi), Some(le)) = (&mut m.payload, l.vector_le()) {
-                        mi.vector = RingVector(ring_from_le(le));
-                    }
-                    assert_eq!(m, f.message);
-                }
-                (Err(l), Err(f)) => assert_eq!(
-                    core::mem::discriminant(&l),
-                    core::mem::discriminant(&f),
-                    "{l} / {f}"
-                ),
-                (l, f) => panic!("in place {l:?}, full {f:?}"),
-            }
-        }
+        check_decoders_agree(&bytes);
     }
 
     #[test]
@@ -1105,6 +1190,51 @@ mod tests {
                 .is_err()
         );
         assert!(short.iter().all(|x| *x == 0));
+    }
+
+    /// The same agreement for an outcome, whose participants come before
+    /// the vector, and `verify_vector` gives the vector only when the
+    /// signature holds.
+    #[test]
+    fn in_place_outcome_decoding_agrees_and_verifies() {
+        let v = vector(3 * 8192 + 3);
+        let message = Message {
+            header: header(),
+            payload: Payload::Outcome(OutcomeMessage {
+                participants: vec![MemberId(0), MemberId(5), MemberId(300)],
+                sum: RingVector(v.clone()),
+            }),
+        };
+        let bytes = encode(&key(), &message).unwrap();
+        let mut lazy = decode_in_place(&bytes).unwrap();
+        assert_eq!(lazy.vector_le().unwrap().len(), v.len() * 8);
+        assert_eq!(lazy.verify_vector(&key().public()).unwrap(), v);
+        let Payload::Outcome(o) = &lazy.message.payload else {
+            panic!("an outcome")
+        };
+        assert_eq!(
+            o.participants,
+            vec![MemberId(0), MemberId(5), MemberId(300)]
+        );
+        let mut full = decode(&bytes).unwrap();
+        assert_eq!(full.message, message);
+        assert_eq!(full.verify_vector(&key().public()).unwrap(), v);
+        let mut bad = bytes.clone();
+        bad[bytes.len() - SIGNATURE_BYTES - 9] ^= 1;
+        assert!(
+            decode_in_place(&bad)
+                .unwrap()
+                .verify_vector(&key().public())
+                .is_err()
+        );
+        let small = Message {
+            header: header(),
+            payload: Payload::Outcome(OutcomeMessage {
+                participants: vec![MemberId(1), MemberId(2)],
+                sum: RingVector(vector(5)),
+            }),
+        };
+        check_decoders_agree(&encode(&key(), &small).unwrap());
     }
 
     #[test]

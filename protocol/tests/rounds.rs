@@ -19,6 +19,19 @@ fn all_members_finish_with_the_exact_sum() {
     }
 }
 
+/// `Round::outcome`, decoded from the kept envelope, is the outcome the
+/// `Finished` event carried, for the leader and for the other members.
+#[test]
+fn the_outcome_accessor_matches_the_finished_event() {
+    let mut sim = primia_protocol::sim::Sim::new(SimConfig::new(5, 300, 4)).unwrap();
+    let report = sim.run().unwrap();
+    assert_eq!(check_outcomes(&report), 5);
+    for m in &report.members {
+        let round = sim.round(m.id).expect("a finished round is kept");
+        assert_eq!(round.outcome(), m.outcome.as_ref(), "{}", m.id);
+    }
+}
+
 fn lossless_jitter() -> Faults {
     Faults {
         drop: 0.0,

@@ -538,6 +538,6 @@ impl<R: CryptoRng> Round<R> {
             participants: o.participants,
             sum: o.sum.0,
         };
-        self.finish(outcome, Some(bytes));
+        self.finish(outcome, bytes);
     }
 }
