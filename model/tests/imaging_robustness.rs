@@ -85,7 +85,7 @@ fn mutate_all(name: &str, original: &[u8], seed: u64, tally: &mut Tally) {
     }
 
     let header = len.min(2048);
-    for i in 0..400 {
+    for i in 0..300 {
         let mut bytes = original.to_vec();
         let at = if i % 2 == 0 {
             rng.random_range(0..header)
@@ -96,7 +96,7 @@ fn mutate_all(name: &str, original: &[u8], seed: u64, tally: &mut Tally) {
         tally.feed(name, &bytes);
     }
 
-    for _ in 0..100 {
+    for _ in 0..80 {
         let mut bytes = original.to_vec();
         let at = rng.random_range(0..header);
         let run = rng.random_range(1..=4).min(len - at);
@@ -104,7 +104,7 @@ fn mutate_all(name: &str, original: &[u8], seed: u64, tally: &mut Tally) {
         tally.feed(name, &bytes);
     }
 
-    for _ in 0..100 {
+    for _ in 0..80 {
         let mut bytes = original.to_vec();
         for _ in 0..rng.random_range(1..=8) {
             let at = rng.random_range(0..len);

@@ -197,7 +197,14 @@ pub(crate) fn decode(
         Framing::Bare if meta.ts_uid == dicom_scan::IMPLICIT_VR_LE => Encoding::ImplicitLe,
         _ => dicom_scan::encoding_of(&meta.ts_uid),
     };
-    dicom_scan::check_dataset(&dataset, encoding).map_err(|r| cx.malformed(r))?;
+    match &dataset {
+        // Offsets in errors are file offsets...
+        Cow::Borrowed(_) => dicom_scan::check_dataset(bytes, meta.dataset_start, encoding),
+        // ...or, after inflation, offsets in what was inflated.
+        Cow::Owned(inflated) => dicom_scan::check_dataset(inflated, 0, encoding)
+            .map_err(|r| format!("{r} (offsets in the inflated data set)")),
+    }
+    .map_err(|r| cx.malformed(r))?;
 
     // The structure is sound: parse it with the transfer syntax of its
     // encoding (the deflated one is already inflated).

@@ -187,13 +187,14 @@ pub(crate) fn inflate(deflated: &[u8], max_bytes: usize) -> Result<Vec<u8>, Stri
     Ok(out)
 }
 
-/// Checks the whole data set's structure (see the module docs).
-pub(crate) fn check_dataset(dataset: &[u8], encoding: Encoding) -> Result<(), String> {
-    let cursor = Cursor {
-        bytes: dataset,
-        encoding,
-    };
-    cursor.walk_dataset(0, dataset.len(), 0, false).map(|_| ())
+/// Checks the structure of the data set that fills `bytes[start..]` (see
+/// the module docs). Errors give offsets into `bytes`, so a caller passing
+/// the whole file gets file offsets.
+pub(crate) fn check_dataset(bytes: &[u8], start: usize, encoding: Encoding) -> Result<(), String> {
+    let cursor = Cursor { bytes, encoding };
+    cursor
+        .walk_dataset(start.min(bytes.len()), bytes.len(), 0, false)
+        .map(|_| ())
 }
 
 /// The data set bytes for a transfer syntax's encoding: inflated for the
@@ -243,7 +244,7 @@ fn fit(start: usize, len: u32, end: usize, tag: (u16, u16)) -> Result<usize, Str
     let left = end.saturating_sub(start);
     if len as usize > left {
         return Err(format!(
-            "element {} at byte {start} claims {len} bytes but only {left} remain (truncated or corrupt)",
+            "element {} claims {len} bytes from byte {start} but only {left} remain (truncated or corrupt)",
             tag_str(tag)
         ));
     }
@@ -517,7 +518,7 @@ mod tests {
         let mut data = explicit_le((0x0010, 0x0010), b"PN", b"AB");
         data[6] = 0xF0;
         data[7] = 0xFF;
-        let err = check_dataset(&data, Encoding::ExplicitLe).unwrap_err();
+        let err = check_dataset(&data, 0, Encoding::ExplicitLe).unwrap_err();
         assert!(err.contains("claims 65520 bytes"), "{err}");
     }
 
@@ -533,10 +534,10 @@ mod tests {
         data.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
         data.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         data.extend(explicit_le((0x0010, 0x0010), b"PN", b"AB"));
-        check_dataset(&data, Encoding::ExplicitLe).unwrap();
+        check_dataset(&data, 0, Encoding::ExplicitLe).unwrap();
         // Cut before the sequence delimiter: truncated.
         let cut = data.len() - 10 - 8;
-        assert!(check_dataset(&data[..cut], Encoding::ExplicitLe).is_err());
+        assert!(check_dataset(&data[..cut], 0, Encoding::ExplicitLe).is_err());
     }
 
     #[test]
@@ -548,7 +549,7 @@ mod tests {
             data.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
             data.extend_from_slice(&UNDEFINED.to_le_bytes());
         }
-        let err = check_dataset(&data, Encoding::ExplicitLe).unwrap_err();
+        let err = check_dataset(&data, 0, Encoding::ExplicitLe).unwrap_err();
         assert!(err.contains("nested deeper"), "{err}");
     }
 

@@ -81,7 +81,11 @@ impl ImageFormat {
     /// Decides the format from the first bytes: PNG and JPEG signatures,
     /// DICOM with or without its 128-byte preamble and `DICM`.
     pub fn sniff(bytes: &[u8]) -> Option<Self> {
-        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        // `DICM` after the preamble first: the preamble is free for other
+        // uses (dual-format files put a TIFF header there).
+        if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+            Some(Self::Dicom)
+        } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
             Some(Self::Png)
         } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
             Some(Self::Jpeg)
