@@ -1,1 +1,968 @@
-//! store (being written).
+//! The daemon's durable state in sled: global models by blake3 hash, the
+//! current model pointer, the round journal, the record of revealed shares,
+//! metrics history and the privacy budget spent.
+//!
+//! # Durability
+//!
+//! Every method that changes state writes and then flushes (fsyncs) the
+//! database before it returns `Ok`: what a caller was told is committed
+//! survives SIGKILL or power loss. Changes that span several keys (a model's
+//! blob, its metadata and the current pointer; all the reveals of one
+//! attempt) go through one sled transaction, so a crash leaves all of them
+//! or none.
+//!
+//! # The reveal rule
+//!
+//! [`Store::record_reveal`] is the only way to obtain a [`RevealReceipt`],
+//! and it returns one only after the reveal is durable. The driver sends a
+//! reveal only with a receipt in hand, so a crash between recording and
+//! sending can at worst lose the send, never the record; on restart
+//! [`Store::reveal_record`] hands the round what it already revealed, and
+//! the store itself refuses to record the other kind of share for the same
+//! member in the same attempt.
+//!
+//! # Layout (schema version 1)
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `schema_version` | u32 big-endian |
+//! | `meta` | `current_model` | 32-byte hash |
+//! | `meta` | `privacy_spent` | JSON [`PrivacySpent`] |
+//! | `models` | hash | model blob |
+//! | `model_meta` | hash | JSON [`ModelMeta`] |
+//! | `journal` | round u64 BE, attempt u32 BE | JSON [`JournalEntry`] |
+//! | `reveals` | round u64 BE, attempt u32 BE, member u16 BE | 1 byte: 0 self-mask, 1 mask key |
+//! | `metrics` | round u64 BE | JSON [`MetricsEntry`] |
+//!
+//! Every value read back is checked (size, hash, decoding); a corrupt
+//! record is an error naming the tree and key, never a panic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use primia_protocol::{MemberId, RevealEntry, RevealRecord, ShareKind};
+use serde::{Deserialize, Serialize};
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// The layout this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest model blob stored: ResNet-18 in f32 is about 45 MB, so this
+/// leaves room for bigger networks while bounding what one read can cost.
+pub const MAX_MODEL_BYTES: usize = 512 << 20;
+
+/// Largest JSON record (journal, metrics, metadata). A journal entry of a
+/// full roster (1000 names of up to 64 bytes, twice) stays far below it.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Most metric values in one [`MetricsEntry`].
+pub const MAX_METRICS_PER_ROUND: usize = 256;
+
+/// The database directory inside the storage directory.
+pub const DB_DIR: &str = "db";
+
+const KEY_SCHEMA: &[u8] = b"schema_version";
+const KEY_CURRENT: &[u8] = b"current_model";
+const KEY_PRIVACY: &[u8] = b"privacy_spent";
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage directory could not be created or opened.
+    #[error("store {}: {action}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another process (a running daemon) holds the database.
+    #[error("store {}: the database is in use by another process (is primiad already running?)", path.display())]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// The database engine failed.
+    #[error("store: {action}: {source}")]
+    Db {
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        source: sled::Error,
+    },
+    /// The database was written by a newer primiad.
+    #[error(
+        "store {}: schema version {found} is newer than this primiad understands ({supported}); use a newer primiad",
+        path.display()
+    )]
+    SchemaTooNew {
+        /// The database directory.
+        path: PathBuf,
+        /// The version on disk.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+    /// The database has a schema version this build cannot read.
+    #[error(
+        "store {}: schema version {found} is not supported (this primiad reads version {supported})",
+        path.display()
+    )]
+    SchemaUnsupported {
+        /// The database directory.
+        path: PathBuf,
+        /// The version on disk.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+    /// A stored record does not decode or does not match its key.
+    #[error("store: corrupt record in `{tree}` at key {key}: {reason}")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// The key, printable.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A caller asked for something the store refuses (too large, not
+    /// finite, a pointer to a model that is not stored).
+    #[error("store: {0}")]
+    Invalid(String),
+    /// Recording this reveal would reveal both shares of one member in one
+    /// attempt.
+    #[error(
+        "store: refusing to record a {requested:?} share of member {member} in round {round} attempt {attempt}: the other share of that member was already revealed"
+    )]
+    RevealConflict {
+        /// The round.
+        round: u64,
+        /// The attempt.
+        attempt: u32,
+        /// The member whose shares are at stake.
+        member: MemberId,
+        /// The kind that was asked for.
+        requested: ShareKind,
+    },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn db_err(action: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::Db { action, source }
+}
+
+fn tx_err(action: &'static str) -> impl FnOnce(TransactionError<StoreError>) -> StoreError {
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(source) => StoreError::Db { action, source },
+    }
+}
+
+/// A model's blake3 hash: its name everywhere (gossip, store, status).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModelHash(pub [u8; 32]);
+
+impl ModelHash {
+    /// The hash of `blob`.
+    pub fn of(blob: &[u8]) -> Self {
+        Self(*blake3::hash(blob).as_bytes())
+    }
+
+    /// All 64 hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ModelHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ModelHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModelHash({})", &self.to_hex()[..16])
+    }
+}
+
+impl FromStr for ModelHash {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|e| format!("not a model hash (64 hex digits): {e}"))?;
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for ModelHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What is stored beside a model blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMeta {
+    /// The round that produced it (0 for an initial model).
+    pub round: u64,
+    /// When it was made, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Number of model parameters.
+    pub parameter_count: u64,
+    /// Length of the blob in bytes (set by the store).
+    pub size_bytes: u64,
+}
+
+/// How one attempt of a round ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AttemptOutcome {
+    /// The attempt produced the round's sum.
+    Completed,
+    /// The attempt failed and the round moved on to the next attempt or
+    /// gave up.
+    Failed {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Time spent in one phase of an attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTiming {
+    /// The phase, e.g. `advertise-keys`.
+    pub phase: String,
+    /// Milliseconds spent in it.
+    pub ms: u64,
+}
+
+/// One entry of the round journal: one attempt of one round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalEntry {
+    /// The round.
+    pub round: u64,
+    /// The attempt, from 0.
+    pub attempt: u32,
+    /// Name of the attempt's leader.
+    pub leader: String,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Names of the members whose inputs are in the sum (U3), or who took
+    /// part as far as the attempt went.
+    pub participants: Vec<String>,
+    /// Names of the members that dropped out during the attempt.
+    pub dropouts: Vec<String>,
+    /// When the attempt started, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// Time per phase, in phase order.
+    pub phases: Vec<PhaseTiming>,
+    /// The model the round produced, when this attempt completed it.
+    pub model: Option<ModelHash>,
+}
+
+/// Metrics of one round (loss, accuracy, AUC, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsEntry {
+    /// The round.
+    pub round: u64,
+    /// When they were recorded, milliseconds since the Unix epoch.
+    pub recorded_unix_ms: u64,
+    /// Name to value; finite numbers only.
+    pub values: BTreeMap<String, f64>,
+}
+
+/// The differential-privacy budget spent so far, as the accountant last
+/// reported it (a total, not an increment: privacy loss does not simply
+/// add up under the accountants in use).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySpent {
+    /// Epsilon spent.
+    pub epsilon: f64,
+    /// The delta at which epsilon holds.
+    pub delta: f64,
+}
+
+/// Proof that a reveal is durable. Only [`Store::record_reveal`] makes one,
+/// after the write is flushed; the code that sends a reveal takes it, so a
+/// share cannot go out before its record is on disk.
+#[must_use = "a reveal may be sent only once it is recorded: pass the receipt to the send"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct RevealReceipt {
+    round: u64,
+    attempt: u32,
+    revealed: Vec<(MemberId, ShareKind)>,
+}
+
+impl RevealReceipt {
+    /// The round.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// The attempt.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether this receipt covers every share of `entry`.
+    pub fn covers(&self, entry: &RevealEntry) -> bool {
+        entry.round == self.round
+            && entry.attempt == self.attempt
+            && entry.revealed.iter().all(|r| self.revealed.contains(r))
+    }
+}
+
+/// The daemon's database. Cheap to share behind an `Arc`; all methods take
+/// `&self`.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    models: sled::Tree,
+    model_meta: sled::Tree,
+    journal: sled::Tree,
+    reveals: sled::Tree,
+    metrics: sled::Tree,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before 1970).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens (or creates) the database in `storage_dir/db`, creating
+    /// `storage_dir` with mode 0700 if needed, and checks its schema version.
+    pub fn open(storage_dir: &Path) -> Result<Self> {
+        create_private_dir(storage_dir).map_err(|source| StoreError::Io {
+            path: storage_dir.to_owned(),
+            action: "cannot create the storage directory",
+            source,
+        })?;
+        let path = storage_dir.join(DB_DIR);
+        let db = sled::Config::new()
+            .path(&path)
+            // sled's default cache is 1 GiB; models are read rarely.
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked { path: path.clone() }
+                }
+                source => StoreError::Db {
+                    action: "cannot open the database",
+                    source,
+                },
+            })?;
+        let open = |name: &str| db.open_tree(name).map_err(db_err("cannot open a tree"));
+        let store = Self {
+            meta: open("meta")?,
+            models: open("models")?,
+            model_meta: open("model_meta")?,
+            journal: open("journal")?,
+            reveals: open("reveals")?,
+            metrics: open("metrics")?,
+            db,
+            path,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        match self
+            .meta
+            .get(KEY_SCHEMA)
+            .map_err(db_err("cannot read the schema version"))?
+        {
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                        tree: "meta",
+                        key: "schema_version".into(),
+                        reason: format!("{} bytes, expected 4", v.len()),
+                    })?);
+                match found {
+                    SCHEMA_VERSION => Ok(()),
+                    f if f > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
+                        path: self.path.clone(),
+                        found,
+                        supported: SCHEMA_VERSION,
+                    }),
+                    _ => Err(StoreError::SchemaUnsupported {
+                        path: self.path.clone(),
+                        found,
+                        supported: SCHEMA_VERSION,
+                    }),
+                }
+            }
+            None => {
+                let empty = [
+                    &self.meta,
+                    &self.models,
+                    &self.model_meta,
+                    &self.journal,
+                    &self.reveals,
+                    &self.metrics,
+                ]
+                .iter()
+                .all(|t| t.is_empty());
+                if !empty {
+                    return Err(StoreError::Corrupt {
+                        tree: "meta",
+                        key: "schema_version".into(),
+                        reason: "missing in a database that holds data".into(),
+                    });
+                }
+                self.meta
+                    .insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(db_err("cannot write the schema version"))?;
+                self.flush()
+            }
+        }
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(db_err("cannot flush to disk"))?;
+        Ok(())
+    }
+
+    // ----- models -----
+
+    /// Stores a model blob with its metadata (idempotent) and makes it the
+    /// current model, all in one transaction, flushed before returning.
+    /// `meta.size_bytes` is set from the blob.
+    pub fn commit_model(&self, blob: &[u8], meta: ModelMeta) -> Result<ModelHash> {
+        self.put_model_inner(blob, meta, true)
+    }
+
+    /// Stores a model without changing the current pointer (a model fetched
+    /// from a peer before it is adopted, or an older one), flushed.
+    pub fn put_model(&self, blob: &[u8], meta: ModelMeta) -> Result<ModelHash> {
+        self.put_model_inner(blob, meta, false)
+    }
+
+    fn put_model_inner(
+        &self,
+        blob: &[u8],
+        mut meta: ModelMeta,
+        current: bool,
+    ) -> Result<ModelHash> {
+        if blob.len() > MAX_MODEL_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "model of {} bytes is larger than the {MAX_MODEL_BYTES}-byte limit",
+                blob.len()
+            )));
+        }
+        meta.size_bytes = blob.len() as u64;
+        let hash = ModelHash::of(blob);
+        let meta_bytes = encode_record(&meta)?;
+        // A model already stored is not written again: blobs are large and
+        // the hash says the bytes are the same.
+        let known = self
+            .model_meta
+            .contains_key(hash.0)
+            .map_err(db_err("cannot read model metadata"))?;
+        (&self.models, &self.model_meta, &self.meta)
+            .transaction(|(models, model_meta, m)| {
+                if !known {
+                    models.insert(&hash.0, blob)?;
+                    model_meta.insert(&hash.0, meta_bytes.as_slice())?;
+                }
+                if current {
+                    m.insert(KEY_CURRENT, &hash.0)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err("cannot store the model"))?;
+        self.flush()?;
+        Ok(hash)
+    }
+
+    /// Makes a stored model the current one, flushed. Refuses a hash that
+    /// is not stored.
+    pub fn set_current_model(&self, hash: ModelHash) -> Result<()> {
+        (&self.model_meta, &self.meta)
+            .transaction(|(model_meta, m)| {
+                if model_meta.get(hash.0)?.is_none() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Invalid(
+                        format!("model {hash} is not stored"),
+                    )));
+                }
+                m.insert(KEY_CURRENT, &hash.0)?;
+                Ok(())
+            })
+            .map_err(tx_err("cannot set the current model"))?;
+        self.flush()
+    }
+
+    /// The current model's hash, if any.
+    pub fn current_model(&self) -> Result<Option<ModelHash>> {
+        let Some(v) = self
+            .meta
+            .get(KEY_CURRENT)
+            .map_err(db_err("cannot read the current model"))?
+        else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            key: "current_model".into(),
+            reason: format!("{} bytes, expected 32", v.len()),
+        })?;
+        Ok(Some(ModelHash(bytes)))
+    }
+
+    /// The current model's hash and metadata, if any. A pointer to a model
+    /// that is not stored is reported as corruption.
+    pub fn current_model_meta(&self) -> Result<Option<(ModelHash, ModelMeta)>> {
+        let Some(hash) = self.current_model()? else {
+            return Ok(None);
+        };
+        match self.model_meta(hash)? {
+            Some(meta) => Ok(Some((hash, meta))),
+            None => Err(StoreError::Corrupt {
+                tree: "meta",
+                key: "current_model".into(),
+                reason: format!("points to model {hash}, which is not stored"),
+            }),
+        }
+    }
+
+    /// A stored model's metadata.
+    pub fn model_meta(&self, hash: ModelHash) -> Result<Option<ModelMeta>> {
+        let Some(v) = self
+            .model_meta
+            .get(hash.0)
+            .map_err(db_err("cannot read model metadata"))?
+        else {
+            return Ok(None);
+        };
+        let meta: ModelMeta = decode_record("model_meta", &hash.to_hex(), &v)?;
+        if meta.size_bytes > MAX_MODEL_BYTES as u64 {
+            return Err(StoreError::Corrupt {
+                tree: "model_meta",
+                key: hash.to_hex(),
+                reason: format!("size {} over the limit", meta.size_bytes),
+            });
+        }
+        Ok(Some(meta))
+    }
+
+    /// A stored model's blob, checked against its metadata and its hash.
+    pub fn model_blob(&self, hash: ModelHash) -> Result<Option<Vec<u8>>> {
+        let Some(meta) = self.model_meta(hash)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            tree: "models",
+            key: hash.to_hex(),
+            reason,
+        };
+        let blob = self
+            .models
+            .get(hash.0)
+            .map_err(db_err("cannot read a model"))?
+            .ok_or_else(|| corrupt("metadata is stored but the blob is missing".into()))?;
+        if blob.len() as u64 != meta.size_bytes {
+            return Err(corrupt(format!(
+                "{} bytes, metadata says {}",
+                blob.len(),
+                meta.size_bytes
+            )));
+        }
+        if ModelHash::of(&blob) != hash {
+            return Err(corrupt("content does not match its hash".into()));
+        }
+        Ok(Some(blob.to_vec()))
+    }
+
+    /// Every stored model's hash and metadata, oldest round first.
+    pub fn models(&self) -> Result<Vec<(ModelHash, ModelMeta)>> {
+        let mut out = Vec::new();
+        for item in self.model_meta.iter() {
+            let (k, v) = item.map_err(db_err("cannot list models"))?;
+            let hash = ModelHash(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                tree: "model_meta",
+                key: hex::encode(&k),
+                reason: "key is not a 32-byte hash".into(),
+            })?);
+            out.push((
+                hash,
+                decode_record::<ModelMeta>("model_meta", &hash.to_hex(), &v)?,
+            ));
+        }
+        out.sort_by_key(|(h, m)| (m.round, m.created_unix_ms, *h));
+        Ok(out)
+    }
+
+    // ----- round journal -----
+
+    /// Records (or replaces) the journal entry of one attempt, flushed.
+    pub fn record_attempt(&self, entry: &JournalEntry) -> Result<()> {
+        let bytes = encode_record(entry)?;
+        self.journal
+            .insert(journal_key(entry.round, entry.attempt), bytes)
+            .map_err(db_err("cannot write the journal"))?;
+        self.flush()
+    }
+
+    /// The journal entry of one attempt.
+    pub fn journal_entry(&self, round: u64, attempt: u32) -> Result<Option<JournalEntry>> {
+        let key = journal_key(round, attempt);
+        self.journal
+            .get(key)
+            .map_err(db_err("cannot read the journal"))?
+            .map(|v| self.decode_journal(&key, &v))
+            .transpose()
+    }
+
+    /// The last `limit` journal entries, newest first.
+    pub fn recent_attempts(&self, limit: usize) -> Result<Vec<JournalEntry>> {
+        let mut out = Vec::with_capacity(limit.min(64));
+        for item in self.journal.iter().rev().take(limit) {
+            let (k, v) = item.map_err(db_err("cannot read the journal"))?;
+            out.push(self.decode_journal(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The highest round with a journal entry.
+    pub fn last_journaled_round(&self) -> Result<Option<u64>> {
+        match self
+            .journal
+            .last()
+            .map_err(db_err("cannot read the journal"))?
+        {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some(self.decode_journal(&k, &v)?.round)),
+        }
+    }
+
+    fn decode_journal(&self, key: &[u8], value: &[u8]) -> Result<JournalEntry> {
+        let key_text = hex::encode(key);
+        let entry: JournalEntry = decode_record("journal", &key_text, value)?;
+        if key != journal_key(entry.round, entry.attempt) {
+            return Err(StoreError::Corrupt {
+                tree: "journal",
+                key: key_text,
+                reason: format!(
+                    "holds round {} attempt {}, which belongs under another key",
+                    entry.round, entry.attempt
+                ),
+            });
+        }
+        Ok(entry)
+    }
+
+    // ----- revealed shares -----
+
+    /// Records that this member reveals the shares in `entry`, durably, and
+    /// only then returns the receipt that the send requires. Refuses, and
+    /// records nothing, if any share conflicts with one recorded before
+    /// (the other kind for the same member in the same attempt) or with
+    /// another share of the entry. Recording the same reveal again is fine.
+    pub fn record_reveal(&self, entry: &RevealEntry) -> Result<RevealReceipt> {
+        // Conflicts inside the entry itself, found before touching the disk.
+        let mut seen: BTreeMap<MemberId, ShareKind> = BTreeMap::new();
+        for &(member, kind) in &entry.revealed {
+            if seen.insert(member, kind).is_some_and(|k| k != kind) {
+                return Err(StoreError::RevealConflict {
+                    round: entry.round,
+                    attempt: entry.attempt,
+                    member,
+                    requested: kind,
+                });
+            }
+        }
+        self.reveals
+            .transaction(|t| {
+                for (&member, &kind) in &seen {
+                    let key = reveal_key(entry.round, entry.attempt, member);
+                    if let Some(old) = t.get(key)? {
+                        let old =
+                            decode_kind(&key, &old).map_err(ConflictableTransactionError::Abort)?;
+                        if old != kind {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::RevealConflict {
+                                    round: entry.round,
+                                    attempt: entry.attempt,
+                                    member,
+                                    requested: kind,
+                                },
+                            ));
+                        }
+                    }
+                    t.insert(&key, &[encode_kind(kind)])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err("cannot record a reveal"))?;
+        self.flush()?;
+        Ok(RevealReceipt {
+            round: entry.round,
+            attempt: entry.attempt,
+            revealed: seen.into_iter().collect(),
+        })
+    }
+
+    /// Everything recorded as revealed in `round`, one entry per attempt.
+    pub fn reveal_entries(&self, round: u64) -> Result<Vec<RevealEntry>> {
+        let mut by_attempt: BTreeMap<u32, Vec<(MemberId, ShareKind)>> = BTreeMap::new();
+        for item in self.reveals.scan_prefix(round.to_be_bytes()) {
+            let (k, v) = item.map_err(db_err("cannot read reveals"))?;
+            let key: [u8; 14] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                tree: "reveals",
+                key: hex::encode(&k),
+                reason: format!("key of {} bytes, expected 14", k.len()),
+            })?;
+            let attempt = u32::from_be_bytes(key[8..12].try_into().expect("4 bytes"));
+            let member = MemberId(u16::from_be_bytes(key[12..14].try_into().expect("2 bytes")));
+            by_attempt
+                .entry(attempt)
+                .or_default()
+                .push((member, decode_kind(&key, &v)?));
+        }
+        Ok(by_attempt
+            .into_iter()
+            .map(|(attempt, revealed)| RevealEntry {
+                round,
+                attempt,
+                revealed,
+            })
+            .collect())
+    }
+
+    /// The protocol's reveal record of `round`, rebuilt from the store, to
+    /// hand to a restarted round.
+    pub fn reveal_record(&self, round: u64) -> Result<RevealRecord> {
+        let entries = self.reveal_entries(round)?;
+        RevealRecord::from_entries(round, &entries).map_err(|c| StoreError::Corrupt {
+            tree: "reveals",
+            key: format!("round {round} attempt {} member {}", c.attempt, c.member),
+            reason: "both kinds of share recorded".into(),
+        })
+    }
+
+    // ----- metrics and privacy -----
+
+    /// Records (or replaces) the metrics of a round, flushed.
+    pub fn record_metrics(&self, entry: &MetricsEntry) -> Result<()> {
+        if entry.values.len() > MAX_METRICS_PER_ROUND {
+            return Err(StoreError::Invalid(format!(
+                "{} metrics for one round, at most {MAX_METRICS_PER_ROUND}",
+                entry.values.len()
+            )));
+        }
+        if let Some((name, v)) = entry.values.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(StoreError::Invalid(format!(
+                "metric {name:?} is {v}, not a finite number"
+            )));
+        }
+        let bytes = encode_record(entry)?;
+        self.metrics
+            .insert(entry.round.to_be_bytes(), bytes)
+            .map_err(db_err("cannot write metrics"))?;
+        self.flush()
+    }
+
+    /// The metrics of the last `limit` rounds, oldest first.
+    pub fn metrics_history(&self, limit: usize) -> Result<Vec<MetricsEntry>> {
+        let mut out = Vec::with_capacity(limit.min(64));
+        for item in self.metrics.iter().rev().take(limit) {
+            let (k, v) = item.map_err(db_err("cannot read metrics"))?;
+            let key_text = hex::encode(&k);
+            let entry: MetricsEntry = decode_record("metrics", &key_text, &v)?;
+            if k.as_ref() != entry.round.to_be_bytes() {
+                return Err(StoreError::Corrupt {
+                    tree: "metrics",
+                    key: key_text,
+                    reason: format!(
+                        "holds round {}, which belongs under another key",
+                        entry.round
+                    ),
+                });
+            }
+            out.push(entry);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Stores the privacy budget spent so far (the accountant's total),
+    /// flushed.
+    pub fn set_privacy_spent(&self, spent: PrivacySpent) -> Result<()> {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !ok(spent.epsilon) || !ok(spent.delta) || spent.delta >= 1.0 {
+            return Err(StoreError::Invalid(format!(
+                "privacy budget epsilon {} delta {} is not a finite epsilon >= 0 with 0 <= delta < 1",
+                spent.epsilon, spent.delta
+            )));
+        }
+        self.meta
+            .insert(KEY_PRIVACY, encode_record(&spent)?)
+            .map_err(db_err("cannot write the privacy budget"))?;
+        self.flush()
+    }
+
+    /// The privacy budget spent so far (zero before any is recorded).
+    pub fn privacy_spent(&self) -> Result<PrivacySpent> {
+        match self
+            .meta
+            .get(KEY_PRIVACY)
+            .map_err(db_err("cannot read the privacy budget"))?
+        {
+            None => Ok(PrivacySpent::default()),
+            Some(v) => decode_record("meta", "privacy_spent", &v),
+        }
+    }
+}
+
+fn journal_key(round: u64, attempt: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&round.to_be_bytes());
+    k[8..].copy_from_slice(&attempt.to_be_bytes());
+    k
+}
+
+fn reveal_key(round: u64, attempt: u32, member: MemberId) -> [u8; 14] {
+    let mut k = [0u8; 14];
+    k[..12].copy_from_slice(&journal_key(round, attempt));
+    k[12..].copy_from_slice(&member.0.to_be_bytes());
+    k
+}
+
+fn encode_kind(kind: ShareKind) -> u8 {
+    match kind {
+        ShareKind::SelfMask => 0,
+        ShareKind::MaskKey => 1,
+    }
+}
+
+fn decode_kind(key: &[u8], v: &[u8]) -> Result<ShareKind> {
+    match v {
+        [0] => Ok(ShareKind::SelfMask),
+        [1] => Ok(ShareKind::MaskKey),
+        _ => Err(StoreError::Corrupt {
+            tree: "reveals",
+            key: hex::encode(key),
+            reason: format!("value of {} bytes is not a share kind", v.len()),
+        }),
+    }
+}
+
+fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| StoreError::Invalid(format!("record does not encode: {e}")))?;
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "record of {} bytes is larger than the {MAX_RECORD_BYTES}-byte limit",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+fn decode_record<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree,
+        key: key.to_owned(),
+        reason,
+    };
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(corrupt(format!(
+            "{} bytes, over the record limit",
+            bytes.len()
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| corrupt(format!("does not decode: {e}")))
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing. An existing
+/// directory is left as it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_round_then_attempt_then_member() {
+        assert!(journal_key(1, 9) < journal_key(2, 0));
+        assert!(journal_key(2, 0) < journal_key(2, 1));
+        assert!(reveal_key(1, 0, MemberId(300)) < reveal_key(1, 1, MemberId(0)));
+        assert!(journal_key(255, 0) < journal_key(256, 0));
+    }
+
+    #[test]
+    fn model_hash_text_roundtrip() {
+        let h = ModelHash::of(b"abc");
+        assert_eq!(h.to_hex(), blake3::hash(b"abc").to_hex().as_str());
+        assert_eq!(h.to_hex().parse::<ModelHash>().unwrap(), h);
+        assert!("abc".parse::<ModelHash>().is_err());
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{}\"", h.to_hex()));
+        assert_eq!(serde_json::from_str::<ModelHash>(&json).unwrap(), h);
+    }
+
+    #[test]
+    fn kinds_decode_or_fail() {
+        for k in [ShareKind::SelfMask, ShareKind::MaskKey] {
+            assert_eq!(decode_kind(b"k", &[encode_kind(k)]).unwrap(), k);
+        }
+        assert!(decode_kind(b"k", &[2]).is_err());
+        assert!(decode_kind(b"k", &[]).is_err());
+    }
+}

@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod inspect;
+pub mod keygen;
+pub mod roster;
+pub mod status;
+pub mod store_torture;
 pub mod train_local;
 
 /// primia: federated, securely aggregated training of medical-imaging models
@@ -27,6 +31,15 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Train the model centrally on one dataset and print test metrics.
     TrainLocal(train_local::Args),
+    /// Create this member's identity key file and print its peer id.
+    Keygen(keygen::Args),
+    /// Print a roster entry for this member, or check a roster file.
+    Roster(roster::Args),
+    /// Ask the running daemon what it is doing (exit 3: none running).
+    Status(status::Args),
+    /// Crash-safety exercise of the store, for tests only.
+    #[command(name = "__store-torture", hide = true)]
+    StoreTorture(store_torture::Args),
 }
 
 /// Logs go to stderr so that stdout carries only data.
@@ -49,5 +62,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::TrainLocal(args) => train_local::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Roster(args) => roster::run(args),
+        Command::Status(args) => status::run(args),
+        Command::StoreTorture(args) => store_torture::run(args),
     }
 }

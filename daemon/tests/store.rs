@@ -1,0 +1,393 @@
+//! The store's contract: what is committed is there after reopening,
+//! models are checked against their hash, the reveal record refuses the
+//! other share of a member, and a foreign schema or a corrupt record is an
+//! error, never a panic.
+
+use std::collections::BTreeMap;
+
+use primia_protocol::{MemberId, RevealEntry, ShareKind};
+use primiad::store::{
+    AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, PrivacySpent,
+    SCHEMA_VERSION, Store, StoreError,
+};
+
+fn meta(round: u64) -> ModelMeta {
+    ModelMeta {
+        round,
+        created_unix_ms: 1_700_000_000_000 + round,
+        parameter_count: 10,
+        size_bytes: 0,
+    }
+}
+
+fn entry(round: u64, attempt: u32, outcome: AttemptOutcome) -> JournalEntry {
+    JournalEntry {
+        round,
+        attempt,
+        leader: "alpha".into(),
+        outcome,
+        participants: vec!["alpha".into(), "beta".into()],
+        dropouts: vec!["gamma".into()],
+        started_unix_ms: 5,
+        duration_ms: 1234,
+        phases: vec![PhaseTiming {
+            phase: "advertise-keys".into(),
+            ms: 12,
+        }],
+        model: None,
+    }
+}
+
+fn reveal(round: u64, attempt: u32, revealed: &[(u16, ShareKind)]) -> RevealEntry {
+    RevealEntry {
+        round,
+        attempt,
+        revealed: revealed.iter().map(|&(m, k)| (MemberId(m), k)).collect(),
+    }
+}
+
+#[test]
+fn models_and_pointer_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h1, h2, h3);
+    {
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.current_model().unwrap(), None);
+        assert!(s.current_model_meta().unwrap().is_none());
+        h1 = s.commit_model(b"model one", meta(1)).unwrap();
+        assert_eq!(h1, ModelHash::of(b"model one"));
+        h2 = s.commit_model(b"model two!", meta(2)).unwrap();
+        h3 = s.put_model(b"fetched, not adopted", meta(3)).unwrap();
+        assert_eq!(s.current_model().unwrap(), Some(h2));
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.current_model().unwrap(), Some(h2));
+    let (h, m) = s.current_model_meta().unwrap().unwrap();
+    assert_eq!(h, h2);
+    assert_eq!(m.size_bytes, 10);
+    assert_eq!(m.round, 2);
+    assert_eq!(s.model_blob(h1).unwrap().unwrap(), b"model one");
+    assert_eq!(s.model_blob(h3).unwrap().unwrap(), b"fetched, not adopted");
+    assert_eq!(s.model_blob(ModelHash::of(b"never stored")).unwrap(), None);
+    let listed: Vec<u64> = s.models().unwrap().iter().map(|(_, m)| m.round).collect();
+    assert_eq!(listed, vec![1, 2, 3]);
+
+    s.set_current_model(h1).unwrap();
+    assert_eq!(s.current_model().unwrap(), Some(h1));
+    let err = s.set_current_model(ModelHash::of(b"nope")).unwrap_err();
+    assert!(err.to_string().contains("is not stored"), "{err}");
+    assert_eq!(s.current_model().unwrap(), Some(h1));
+    // Committing a stored model again only moves the pointer.
+    assert_eq!(s.commit_model(b"model two!", meta(2)).unwrap(), h2);
+    assert_eq!(s.current_model().unwrap(), Some(h2));
+    assert_eq!(s.models().unwrap().len(), 3);
+}
+
+#[test]
+fn oversized_models_and_bad_metrics_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let huge = vec![0u8; primiad::store::MAX_MODEL_BYTES + 1];
+    assert!(matches!(
+        s.commit_model(&huge, meta(1)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.current_model().unwrap(), None);
+    let mut values = BTreeMap::new();
+    values.insert("loss".to_owned(), f64::NAN);
+    let err = s
+        .record_metrics(&MetricsEntry {
+            round: 1,
+            recorded_unix_ms: 0,
+            values,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("not a finite number"), "{err}");
+    let err = s
+        .set_privacy_spent(PrivacySpent {
+            epsilon: -1.0,
+            delta: 0.0,
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)));
+}
+
+#[test]
+fn journal_metrics_and_privacy_roundtrip() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_journaled_round().unwrap(), None);
+        s.record_attempt(&entry(1, 0, AttemptOutcome::Completed))
+            .unwrap();
+        s.record_attempt(&entry(
+            2,
+            0,
+            AttemptOutcome::Failed {
+                reason: "leader silent".into(),
+            },
+        ))
+        .unwrap();
+        let mut done = entry(2, 1, AttemptOutcome::Completed);
+        done.model = Some(ModelHash::of(b"m"));
+        s.record_attempt(&done).unwrap();
+        // Round 256 sorts after 2 (big-endian keys).
+        s.record_attempt(&entry(256, 0, AttemptOutcome::Completed))
+            .unwrap();
+        for round in [1u64, 2, 300] {
+            let mut values = BTreeMap::new();
+            values.insert("auc".to_owned(), 0.5 + round as f64 / 1000.0);
+            s.record_metrics(&MetricsEntry {
+                round,
+                recorded_unix_ms: round,
+                values,
+            })
+            .unwrap();
+        }
+        s.set_privacy_spent(PrivacySpent {
+            epsilon: 1.25,
+            delta: 1e-5,
+        })
+        .unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.last_journaled_round().unwrap(), Some(256));
+    let recent = s.recent_attempts(3).unwrap();
+    let keys: Vec<(u64, u32)> = recent.iter().map(|e| (e.round, e.attempt)).collect();
+    assert_eq!(keys, vec![(256, 0), (2, 1), (2, 0)]);
+    assert_eq!(recent[1].model, Some(ModelHash::of(b"m")));
+    assert_eq!(
+        s.journal_entry(2, 0).unwrap().unwrap().outcome,
+        AttemptOutcome::Failed {
+            reason: "leader silent".into()
+        }
+    );
+    assert_eq!(s.journal_entry(9, 9).unwrap(), None);
+    let m = s.metrics_history(2).unwrap();
+    assert_eq!(m.iter().map(|e| e.round).collect::<Vec<_>>(), vec![2, 300]);
+    assert_eq!(m[1].values["auc"], 0.8);
+    assert_eq!(
+        s.privacy_spent().unwrap(),
+        PrivacySpent {
+            epsilon: 1.25,
+            delta: 1e-5
+        }
+    );
+}
+
+#[test]
+fn reveal_record_refuses_the_other_share_even_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        let e = reveal(7, 0, &[(0, ShareKind::SelfMask), (2, ShareKind::MaskKey)]);
+        let receipt = s.record_reveal(&e).unwrap();
+        assert!(receipt.covers(&e));
+        assert_eq!((receipt.round(), receipt.attempt()), (7, 0));
+        assert!(!receipt.covers(&reveal(7, 1, &[(0, ShareKind::SelfMask)])));
+        assert!(!receipt.covers(&reveal(7, 0, &[(1, ShareKind::SelfMask)])));
+        // The same reveal again, or a subset, is fine.
+        let _ = s
+            .record_reveal(&reveal(7, 0, &[(0, ShareKind::SelfMask)]))
+            .unwrap();
+        // In the next attempt anything goes: fresh keys.
+        let _ = s
+            .record_reveal(&reveal(7, 1, &[(0, ShareKind::MaskKey)]))
+            .unwrap();
+        // A conflict inside one entry is refused before anything is written.
+        let err = s
+            .record_reveal(&reveal(
+                8,
+                0,
+                &[(1, ShareKind::SelfMask), (1, ShareKind::MaskKey)],
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::RevealConflict { round: 8, .. }),
+            "{err}"
+        );
+        assert!(s.reveal_entries(8).unwrap().is_empty());
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let err = s
+        .record_reveal(&reveal(
+            7,
+            0,
+            &[(3, ShareKind::SelfMask), (2, ShareKind::SelfMask)],
+        ))
+        .unwrap_err();
+    match &err {
+        StoreError::RevealConflict {
+            round,
+            attempt,
+            member,
+            requested,
+        } => assert_eq!(
+            (*round, *attempt, *member, *requested),
+            (7, 0, MemberId(2), ShareKind::SelfMask)
+        ),
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert!(err.to_string().contains("other share"), "{err}");
+    // All or nothing: member 3's share of the refused entry was not recorded.
+    let entries = s.reveal_entries(7).unwrap();
+    assert_eq!(
+        entries,
+        vec![
+            reveal(7, 0, &[(0, ShareKind::SelfMask), (2, ShareKind::MaskKey)]),
+            reveal(7, 1, &[(0, ShareKind::MaskKey)]),
+        ]
+    );
+    let record = s.reveal_record(7).unwrap();
+    assert!(!record.allows(0, MemberId(0), ShareKind::MaskKey));
+    assert!(record.allows(0, MemberId(0), ShareKind::SelfMask));
+    assert!(!record.allows(0, MemberId(2), ShareKind::SelfMask));
+    assert!(record.allows(0, MemberId(3), ShareKind::MaskKey));
+    assert!(record.revealed_in(1));
+    assert!(!record.revealed_in(2));
+    assert!(s.reveal_record(6).unwrap().reveals(0).next().is_none());
+}
+
+/// Opens the database underneath the store, as a corrupting disk would.
+fn raw(dir: &std::path::Path) -> sled::Db {
+    sled::open(dir.join(primiad::store::DB_DIR)).unwrap()
+}
+
+#[test]
+fn newer_or_unknown_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    {
+        let db = raw(dir.path());
+        let meta = db.open_tree("meta").unwrap();
+        assert_eq!(
+            meta.get("schema_version").unwrap().unwrap().as_ref(),
+            SCHEMA_VERSION.to_be_bytes()
+        );
+        meta.insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1));
+    assert!(err.to_string().contains("newer than this primiad"), "{err}");
+    {
+        let db = raw(dir.path());
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("schema_version", &0u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Store::open(dir.path()).unwrap_err(),
+        StoreError::SchemaUnsupported { found: 0, .. }
+    ));
+    {
+        let db = raw(dir.path());
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("schema_version", b"v1").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Store::open(dir.path()).unwrap_err(),
+        StoreError::Corrupt { .. }
+    ));
+    {
+        // Data without a version: written by something else.
+        let db = raw(dir.path());
+        db.open_tree("meta")
+            .unwrap()
+            .remove("schema_version")
+            .unwrap();
+        db.open_tree("journal").unwrap().insert("x", "y").unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("missing in a database that holds data"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_opener_is_told_the_store_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let _s = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("already running"), "{err}");
+}
+
+#[test]
+fn corrupt_records_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, other) = {
+        let s = Store::open(dir.path()).unwrap();
+        let good = s.commit_model(b"good model", meta(1)).unwrap();
+        let other = s.put_model(b"other model", meta(2)).unwrap();
+        s.record_attempt(&entry(1, 0, AttemptOutcome::Completed))
+            .unwrap();
+        (good, other)
+    };
+    {
+        let db = raw(dir.path());
+        // The blob of `good` is swapped for other bytes of the same length.
+        db.open_tree("models")
+            .unwrap()
+            .insert(good.0, &b"evil model"[..])
+            .unwrap();
+        // `other` loses its blob.
+        db.open_tree("models").unwrap().remove(other.0).unwrap();
+        // A journal record that is not JSON, one under the wrong key, and a
+        // reveal value that is not a share kind.
+        let journal = db.open_tree("journal").unwrap();
+        let mut k = [0u8; 12];
+        k[7] = 2;
+        journal.insert(k, &b"\xff\x00garbage"[..]).unwrap();
+        let mut k3 = [0u8; 12];
+        k3[7] = 3;
+        journal
+            .insert(
+                k3,
+                serde_json::to_vec(&entry(4, 0, AttemptOutcome::Completed)).unwrap(),
+            )
+            .unwrap();
+        let mut rk = [0u8; 14];
+        rk[7] = 5;
+        db.open_tree("reveals")
+            .unwrap()
+            .insert(rk, &[9u8][..])
+            .unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("current_model", &[1u8, 2, 3][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let err = s.model_blob(good).unwrap_err().to_string();
+    assert!(
+        err.contains("does not match its hash") && err.contains("`models`"),
+        "{err}"
+    );
+    let err = s.model_blob(other).unwrap_err().to_string();
+    assert!(err.contains("blob is missing"), "{err}");
+    let err = s.journal_entry(2, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt record in `journal`") && err.contains("does not decode"),
+        "{err}"
+    );
+    let err = s.journal_entry(3, 0).unwrap_err().to_string();
+    assert!(err.contains("belongs under another key"), "{err}");
+    assert!(s.recent_attempts(10).is_err());
+    assert!(s.last_journaled_round().is_err());
+    let err = s.reveal_entries(5).unwrap_err().to_string();
+    assert!(err.contains("not a share kind"), "{err}");
+    let err = s.current_model().unwrap_err().to_string();
+    assert!(
+        err.contains("current_model") && err.contains("expected 32"),
+        "{err}"
+    );
+    // The journal entry that is intact still reads.
+    assert!(s.journal_entry(1, 0).unwrap().is_some());
+}
