@@ -29,7 +29,11 @@
 //! [`add_mask`] and [`sub_mask`] are fused: the XOF fills a fixed
 //! [`CHUNK_BYTES`] stack buffer, which is added into the output and then
 //! reused, so nothing is allocated and the buffer stays in L1 cache. The
-//! buffer and the XOF state are wiped before returning.
+//! buffer and the XOF state are wiped before returning. [`apply_masks`]
+//! applies many seeds in one pass over the output, and [`Masker`] does the
+//! same piece by piece, so a caller can mask a vector while writing it
+//! somewhere else (the protocol writes a masked input straight into its
+//! message).
 
 use zeroize::Zeroize;
 

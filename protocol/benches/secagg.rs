@@ -61,7 +61,10 @@ use std::ops::AddAssign;
 use std::sync::Arc;
 use std::time::Duration;
 
-use primia_crypto::{AgreementSecret, IdentityKey, Ring, Secret32, add_assign, fixed, kdf, prg};
+use primia_crypto::{
+    AgreementPublic, AgreementSecret, IdentityKey, PublicIdentity, Ring, Secret32, Signature,
+    add_assign, fixed, kdf, prg,
+};
 use primia_protocol::{
     ConsortiumId, Event, Instant, MemberId, MemberInfo, MessageKind, Outcome, Output, RejectReason,
     Roster, Round, RoundConfig, Threshold, WireBytes, wire,
@@ -459,27 +462,38 @@ fn primitive_costs(len: usize) -> (f64, f64, f64) {
     let key = IdentityKey::generate(&mut rng);
     let public = key.public();
     let big = vec![0x5a_u8; len * 8];
-    let small = [0x5a_u8; 100];
     let big_sig = key.sign(kdf::MESSAGE_SIGNATURE, &big);
-    let small_sig = key.sign(kdf::MESSAGE_SIGNATURE, &small);
+    // Twenty different signers and messages, as in a round (the same
+    // signature over and over verifies faster than any real sequence).
+    let small: Vec<(PublicIdentity, [u8; 100], Signature)> = (0..20u8)
+        .map(|i| {
+            let k = IdentityKey::generate(&mut rng);
+            let m = [i; 100];
+            let sig = k.sign(kdf::MESSAGE_SIGNATURE, &m);
+            (k.public(), m, sig)
+        })
+        .collect();
     let a = AgreementSecret::generate(&mut rng);
-    let b = AgreementSecret::generate(&mut rng).public();
+    let peers: Vec<AgreementPublic> = (0..20)
+        .map(|_| AgreementSecret::generate(&mut rng).public())
+        .collect();
     let (mut v_big, mut v_small, mut dh) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..7 {
         let (r, c) = timed(|| public.verify(kdf::MESSAGE_SIGNATURE, &big, &big_sig));
         r.unwrap();
         v_big.push(c.cpu_ms());
         let (r, c) = timed(|| {
-            for _ in 0..20 {
-                public.verify(kdf::MESSAGE_SIGNATURE, &small, &small_sig)?;
+            for (k, m, sig) in &small {
+                k.verify(kdf::MESSAGE_SIGNATURE, m, sig)?;
             }
             Ok::<(), primia_crypto::CryptoError>(())
         });
         r.unwrap();
         v_small.push(c.cpu_ms() / 20.0);
         let (r, c) = timed(|| {
-            (0..20)
-                .map(|_| a.agree(&b).map(drop))
+            peers
+                .iter()
+                .map(|b| a.agree(b).map(drop))
                 .collect::<Result<Vec<()>, _>>()
         });
         r.unwrap();

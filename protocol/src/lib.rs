@@ -27,6 +27,10 @@
 //!
 //! With the `sim` feature, [`sim`] runs whole consortia over a virtual clock
 //! with faults, for tests and benchmarks.
+//!
+//! `cargo bench -p primia-protocol --bench secagg` measures a whole round:
+//! each member's compute time and the leader's aggregation against the
+//! floor set by mask expansion (see `benches/secagg.rs`).
 #![forbid(unsafe_code)]
 
 mod error;
