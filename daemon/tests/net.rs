@@ -383,6 +383,39 @@ async fn restarted_members_reconnect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_redials_a_restarted_peer_once_discovery_is_idle() {
+    let (keys, roster) = keys(2);
+    let mut a = start(keys[0].clone(), config(&roster, &[])).await;
+    let mut b = start(keys[1].clone(), config(&roster, &[a.addr.clone()])).await;
+    a.wait_subscribed(&roster).await;
+    b.wait_subscribed(&roster).await;
+    // Kademlia bootstraps on its own 500 ms after a peer enters its routing
+    // table, and such a lookup would also reach a restarted peer. Let it
+    // finish first (there is no event for that), so that only the redial
+    // of disconnected members can bring the connection back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let a_addr = a.addr.clone();
+    let key = a.shut_down().await;
+    b.wait_for("a leaves", |e| {
+        matches!(e, NetEvent::PeerDisconnected { peer } if peer == roster[0]).then_some(())
+    })
+    .await;
+    let mut a_config = config(&roster, &[]);
+    let mut listen = a_addr.clone();
+    listen.pop();
+    a_config.listen_addrs = vec![listen];
+    let mut a = start(key, a_config).await;
+    b.wait_subscribed(&[roster[0]]).await;
+    a.wait_subscribed(&[roster[1]]).await;
+    let mut nodes = vec![a, b];
+    check_request(&mut nodes, 1, 0, payload(1000, 5)).await;
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_and_misuse_are_errors() {
     let (keys, roster) = keys(2);
     let outsider = Keypair::generate_ed25519().public().to_peer_id();

@@ -13,10 +13,10 @@ use libp2p::request_response::Codec;
 /// The protocol name of bulk transfers between members.
 pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/primia/bulk/1");
 
-/// What we reserve up front for an incoming payload. The buffer grows as
-/// bytes actually arrive, so a peer that announces a large payload and then
-/// stalls costs us this much, not the announced length.
-const INITIAL_RESERVE_BYTES: usize = 1 << 20;
+/// How far ahead of the received bytes the buffer of an incoming payload
+/// grows. A peer that announces a large payload and then stalls costs us
+/// this much, not the announced length.
+const READ_CHUNK_BYTES: usize = 1 << 20;
 
 /// Length-prefixed framing of opaque requests and responses with size caps.
 ///
@@ -97,13 +97,24 @@ where
             format!("{what} of {len} bytes exceeds the limit of {max_bytes} bytes"),
         ));
     }
-    let mut buf = Vec::with_capacity(len.min(INITIAL_RESERVE_BYTES));
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{what} ended after {} of {len} bytes", buf.len()),
-        ));
+    // Grow the buffer a chunk at a time as bytes arrive, zeroing each byte
+    // once. (`read_to_end` would zero the whole spare capacity again after
+    // every pending read, which is quadratic for large frames.)
+    let mut buf = Vec::new();
+    let mut filled = 0;
+    while filled < len {
+        if filled == buf.len() {
+            buf.resize(filled + (len - filled).min(READ_CHUNK_BYTES), 0);
+        }
+        match io.read(&mut buf[filled..]).await? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{what} ended after {filled} of {len} bytes"),
+                ));
+            }
+            n => filled += n,
+        }
     }
     Ok(buf)
 }
@@ -206,6 +217,70 @@ mod tests {
         assert_eq!(out.get_ref(), &frame(5, b"hello"));
         assert_eq!(read(out.into_inner(), 10).unwrap(), b"hello");
         assert_eq!(read(frame(0, b""), 10).unwrap(), b"");
+    }
+
+    /// Hands out at most 7 bytes per read, returning `Pending` in between
+    /// like a network stream.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        ready: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            if !self.ready {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            self.ready = false;
+            let n = buf.len().min(7).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn frames_arrive_intact_in_pieces_and_across_buffer_chunks() {
+        let body: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut trickle = Trickle {
+            data: frame(body.len() as u32, &body),
+            pos: 0,
+            ready: false,
+        };
+        let got = futures::executor::block_on(read_frame(&mut trickle, 1 << 20, "request"));
+        assert!(got.unwrap() == body);
+
+        let big: Vec<u8> = (0..(3 * READ_CHUNK_BYTES + 5))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        assert!(read(frame(big.len() as u32, &big), 4 * READ_CHUNK_BYTES).unwrap() == big);
+    }
+
+    #[test]
+    fn a_stream_closed_before_any_byte_is_a_refusal_not_a_bad_frame() {
+        let codec = BulkCodec::new(10, 10);
+        let mut c = codec.clone();
+        let proto = BULK_PROTOCOL;
+        let err = futures::executor::block_on(c.read_response(&proto, &mut Cursor::new(vec![])))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("closed the stream without a response"),
+            "{err}"
+        );
+        assert_eq!(codec.bad_frames(), 0);
+        let err =
+            futures::executor::block_on(c.read_request(&proto, &mut Cursor::new(frame(11, b""))))
+                .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(codec.bad_frames(), 1, "clones share the counter");
     }
 
     #[test]
