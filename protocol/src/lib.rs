@@ -25,8 +25,8 @@
 //! keys); [`RevealRecord`] keeps a member from revealing both shares of
 //! anyone in one attempt, across restarts.
 //!
-//! With the `sim` feature, [`sim`] runs whole consortia over a virtual clock
-//! with faults, for tests and benchmarks.
+//! With the `sim` feature, the `sim` module runs whole consortia over a
+//! virtual clock with faults, for tests and benchmarks.
 //!
 //! `cargo bench -p primia-protocol --bench secagg` measures a whole round:
 //! each member's compute time and the leader's aggregation against the

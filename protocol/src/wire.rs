@@ -710,8 +710,9 @@ fn sign_envelope(identity: &IdentityKey, mut out: Vec<u8>) -> Result<Vec<u8>, Pr
 /// A parsed envelope whose signature is not yet checked.
 #[derive(Debug)]
 pub struct Decoded<'a> {
-    /// The message. After [`decode_in_place`] of a bulk message its vector
-    /// is empty and [`Self::vector_le`] holds it.
+    /// The message, complete when it comes from [`decode`]. (The round's
+    /// own in-place decoding leaves a bulk message's vector in the envelope
+    /// and this one empty.)
     pub message: Message,
     signed: &'a [u8],
     signature: Signature,
