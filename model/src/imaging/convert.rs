@@ -27,73 +27,69 @@ pub(crate) fn to_model_input(image: &DecodedImage, size: usize) -> Vec<f32> {
     resize(&grey, image.rows, image.columns, size, size)
 }
 
-/// Steps 1 to 4: one value in `[0, 1]` a pixel.
+/// Steps 1 to 4: one value in `[0, 1]` a pixel. Two passes over the
+/// samples (the first only where the range is needed), no intermediate
+/// buffer: a 2048x2048 film is 4 M pixels.
 pub(crate) fn normalised_grey(image: &DecodedImage) -> Vec<f32> {
     let n = image.rows * image.columns;
     let spp = image.samples_per_pixel.max(1);
-    let mut grey: Vec<f64> = match image.colour {
-        ColourModel::Monochrome1 | ColourModel::Monochrome2 => image
-            .pixels
-            .iter()
-            .step_by(spp)
-            .map(|&v| f64::from(v))
-            .collect(),
-        ColourModel::Rgb => image
-            .pixels
-            .chunks_exact(spp)
-            .map(|p| 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]))
-            .collect(),
-        ColourModel::YbrFull => image
-            .pixels
-            .iter()
-            .step_by(spp)
-            .map(|&v| f64::from(v))
-            .collect(),
-    };
-    grey.resize(n, 0.0);
-
     let monochrome = matches!(
         image.colour,
         ColourModel::Monochrome1 | ColourModel::Monochrome2
     );
-    if monochrome && let Some(r) = image.rescale {
-        for v in &mut grey {
-            *v = *v * r.slope + r.intercept;
+    let (slope, intercept) = match image.rescale {
+        Some(r) if monochrome => (r.slope, r.intercept),
+        _ => (1.0, 0.0),
+    };
+    let rgb = image.colour == ColourModel::Rgb && spp >= 3;
+    // Step 1 and 2 for one pixel's samples.
+    let grey = |p: &[f32]| -> f64 {
+        if rgb {
+            0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2])
+        } else {
+            // Monochrome: the sample; YBR_FULL: Y, which is the BT.601 luma.
+            f64::from(p[0]) * slope + intercept
         }
-    }
+    };
+    let pixels = image.pixels.chunks_exact(spp).take(n);
 
-    match (monochrome, image.window, image.format) {
-        (true, Some(window), _) => {
-            for v in &mut grey {
-                *v = voi(*v, window);
-            }
-        }
-        (true, None, ImageFormat::Dicom) => {
-            let (lo, hi) = grey
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                });
-            let span = hi - lo;
-            for v in &mut grey {
-                *v = if span > 0.0 { (*v - lo) / span } else { 0.0 };
-            }
-        }
-        _ => {
-            let full_scale = if image.bits_stored >= 1 && image.bits_stored <= 32 {
-                ((1u64 << image.bits_stored) - 1) as f64
-            } else {
-                1.0
-            };
-            for v in &mut grey {
-                *v /= full_scale;
-            }
-        }
+    enum Norm {
+        Window(Window),
+        Range { lo: f64, span: f64 },
+        Scale(f64),
     }
+    let norm = match (monochrome, image.window, image.format) {
+        (true, Some(window), _) => Norm::Window(window),
+        (true, None, ImageFormat::Dicom) => {
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for p in pixels.clone() {
+                let v = grey(p);
+                if v < lo {
+                    lo = v;
+                }
+                if v > hi {
+                    hi = v;
+                }
+            }
+            Norm::Range { lo, span: hi - lo }
+        }
+        _ => Norm::Scale(if (1..=32).contains(&image.bits_stored) {
+            1.0 / ((1u64 << image.bits_stored) - 1) as f64
+        } else {
+            1.0
+        }),
+    };
 
     let invert = image.colour == ColourModel::Monochrome1;
-    grey.into_iter()
-        .map(|v| {
+    let mut out: Vec<f32> = pixels
+        .map(|p| {
+            let v = grey(p);
+            let v = match &norm {
+                Norm::Window(w) => voi(v, *w),
+                Norm::Range { lo, span } if *span > 0.0 => (v - lo) / span,
+                Norm::Range { .. } => 0.0,
+                Norm::Scale(k) => v * k,
+            };
             let v = if v.is_finite() {
                 v.clamp(0.0, 1.0)
             } else {
@@ -101,7 +97,10 @@ pub(crate) fn normalised_grey(image: &DecodedImage) -> Vec<f32> {
             };
             (if invert { 1.0 - v } else { v }) as f32
         })
-        .collect()
+        .collect();
+    // A short pixel buffer (never produced by the decoders) reads as black.
+    out.resize(n, 0.0);
+    out
 }
 
 /// The VOI LUT functions of PS3.3 C.11.2.1.2 and C.11.2.1.3, with output

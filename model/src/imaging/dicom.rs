@@ -246,6 +246,29 @@ pub(crate) fn decode(
     let colour = colour_of(&layout, codec, &cx)?;
 
     let pixels = match (codec, pixel_element.value()) {
+        // The common case, fast: 16-bit samples that dicom-rs already
+        // decoded to native words (in either byte order).
+        (PixelCodec::Native, Value::Primitive(PrimitiveValue::U16(words)))
+            if layout.bits_allocated == 16 =>
+        {
+            let n = layout.samples();
+            if words.len() < n {
+                return Err(ImagingError::PixelDataTruncated {
+                    path: path.to_owned(),
+                    needed: layout.frame_bytes(),
+                    found: words.len() * 2,
+                });
+            }
+            let samples: Vec<f32> = words[..n]
+                .iter()
+                .map(|&w| layout.stored_value(u64::from(w)))
+                .collect();
+            if layout.planar && layout.samples_per_pixel > 1 {
+                interleave_planes(&samples, layout.samples_per_pixel)
+            } else {
+                samples
+            }
+        }
         (PixelCodec::Native, Value::Primitive(value)) => {
             let big_endian = encoding == Encoding::ExplicitBe;
             let raw = file_order_bytes(
