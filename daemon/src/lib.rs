@@ -6,4 +6,5 @@ pub mod config;
 pub mod control;
 pub mod identity;
 pub mod net;
+pub mod node;
 pub mod store;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub mod inspect;
 pub mod keygen;
 pub mod roster;
+pub mod run;
 pub mod status;
 pub mod store_torture;
 pub mod train_local;
@@ -35,6 +36,8 @@ pub enum Command {
     Keygen(keygen::Args),
     /// Print a roster entry for this member, or check a roster file.
     Roster(roster::Args),
+    /// Run this member's daemon: join the consortium and take part in rounds.
+    Run(run::Args),
     /// Ask the running daemon what it is doing (exit 3: none running).
     Status(status::Args),
     /// Crash-safety exercise of the store, for tests only.
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TrainLocal(args) => train_local::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Roster(args) => roster::run(args),
+        Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
         Command::StoreTorture(args) => store_torture::run(args),
     }

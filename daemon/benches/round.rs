@@ -1,0 +1,281 @@
+//! Wall time of one whole round between real nodes on loopback, secure
+//! against plain sums over the same transport.
+//!
+//! `cargo bench -p primiad --bench round`
+//!
+//! # What runs
+//!
+//! N complete nodes (`primiad::node::run_with`: libp2p over TCP on
+//! 127.0.0.1 with Noise and yamux, gossip for control messages,
+//! request-response for vectors, a sled store each, the control socket) in
+//! this process, each with its own key, config and storage, contributing
+//! test vectors of P parameters. A watch channel gates the start of each
+//! round, so every member starts it at the same moment; a round's time runs
+//! from opening the gate until the last member holds the round's sum.
+//!
+//! The same consortium runs the same rounds again without masking
+//! (`NodeOptions::plain_sums`): every member sends its fixed-point x_u to
+//! the leader as a request, the leader sums and sends the sum back to each
+//! member, the same way a secure round moves its masked inputs and its
+//! outcome. The difference is the cost of secure aggregation: key
+//! agreement, Shamir shares, mask expansion, the consistency check, the
+//! reveal and the unmasking.
+//!
+//! Round 1 warms up (connections, allocations) and is not counted; the
+//! figures are medians over the next `ROUND_BENCH_ROUNDS` rounds (default
+//! 3). `ROUND_BENCH_ONLY=members:params[,members:params...]` picks
+//! configurations.
+//!
+//! # Phases
+//!
+//! From the leader's own member role, which enters each phase as the
+//! leader's announcement of it comes back to itself: `keys` (advertise keys
+//! until the leader announced U1), `shares`, `masked` (members mask and
+//! send their inputs; the leader sums them), `check` (consistency
+//! signatures), `unmask` (reveals, reconstruction and unmasking, until the
+//! leader holds the sum) and `outcome` (until every member holds it). A
+//! plain round has only `masked` (until the leader holds the sum) and
+//! `outcome`.
+//!
+//! All nodes share this machine's cores, so a member's masking and the
+//! leader's work queue behind each other as they would not on separate
+//! machines; on two cores that is most of the difference between the
+//! figures and a deployment.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use primia_protocol::Phase;
+use primiad::config::Config;
+use primiad::identity::NodeIdentity;
+use primiad::node::{NodeOptions, RoundReport, run_with};
+use tokio::sync::{mpsc, watch};
+
+/// Phases of a secure round, as columns.
+const SECURE_PHASES: [&str; 6] = ["keys", "shares", "masked", "check", "unmask", "outcome"];
+
+struct Measured {
+    total_ms: f64,
+    phases: BTreeMap<&'static str, f64>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Writes keys, roster and configs for `n` members with `params`
+/// parameters under `dir`.
+fn consortium(dir: &Path, n: usize, params: usize) -> Vec<Config> {
+    let mut roster = String::from("consortium = \"bench\"\nthreshold = \"majority\"\n");
+    let mut texts = Vec::new();
+    for i in 0..n {
+        let home = dir.join(format!("m{i}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let id = NodeIdentity::generate().unwrap();
+        id.save(&home.join("identity.key"), false).unwrap();
+        let port = free_port();
+        roster.push_str(&format!(
+            "\n[[member]]\nname = \"m{i}\"\npeer_id = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{port}\"]\n",
+            id.peer_id()
+        ));
+        // Generous deadlines: a slow, shared machine must not drop members.
+        let text = format!(
+            "roster = \"../roster.toml\"\nkey = \"identity.key\"\nstorage_dir = \"state\"\n\
+             [network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n\
+             [round]\ncollect_ms = 30000\nleader_silence_ms = 90000\npause_ms = 0\n\
+             [training]\nmode = \"test-vectors\"\nvector_len = {params}\n"
+        );
+        texts.push((home.join("primiad.toml"), text));
+    }
+    std::fs::write(dir.join("roster.toml"), roster).unwrap();
+    texts
+        .into_iter()
+        .map(|(path, text)| {
+            std::fs::write(&path, &text).unwrap();
+            Config::load(&path).unwrap()
+        })
+        .collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Splits one round into phases (see the module doc).
+fn phases(plain: bool, gate: Instant, reports: &[RoundReport]) -> Measured {
+    let end = reports.iter().map(|r| r.finished).max().unwrap();
+    let leader = reports[0].leader;
+    let lead = reports
+        .iter()
+        .find(|r| r.me == leader)
+        .expect("the leader's report");
+    let mut out = BTreeMap::new();
+    if plain {
+        out.insert("masked", ms(lead.finished - gate));
+    } else {
+        let at = |p: Phase| {
+            lead.phases
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, t)| *t)
+                .unwrap_or(lead.finished)
+        };
+        let marks = [
+            ("keys", gate, at(Phase::ShareKeys)),
+            ("shares", at(Phase::ShareKeys), at(Phase::MaskedInput)),
+            (
+                "masked",
+                at(Phase::MaskedInput),
+                at(Phase::ConsistencyCheck),
+            ),
+            ("check", at(Phase::ConsistencyCheck), at(Phase::Unmask)),
+            ("unmask", at(Phase::Unmask), lead.finished),
+        ];
+        for (name, a, b) in marks {
+            out.insert(name, ms(b.saturating_duration_since(a)));
+        }
+    }
+    out.insert("outcome", ms(end.saturating_duration_since(lead.finished)));
+    Measured {
+        total_ms: ms(end - gate),
+        phases: out,
+    }
+}
+
+/// Runs `rounds + 1` gated rounds of `n` nodes; returns the measured ones.
+fn run(n: usize, params: usize, plain: bool, rounds: u64) -> Vec<Measured> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let configs = consortium(dir.path(), n, params);
+        let (gate_tx, gate_rx) = watch::channel(0u64);
+        let (report_tx, mut report_rx) = mpsc::channel(1024);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let storages: Vec<_> = configs.iter().map(|c| c.storage_dir.clone()).collect();
+        let mut tasks = Vec::new();
+        for config in configs {
+            let options = NodeOptions {
+                plain_sums: plain,
+                reports: Some(report_tx.clone()),
+                round_gate: Some(gate_rx.clone()),
+                ..NodeOptions::default()
+            };
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(run_with(config, options, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })));
+        }
+        // Everyone connected before the first round.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let all = storages.iter().all(|s| {
+                primiad::control::query_status(s, Duration::from_secs(1))
+                    .is_ok_and(|st| st.connected.len() == n - 1)
+            });
+            if all {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nodes did not connect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut measured = Vec::new();
+        for round in 1..=rounds + 1 {
+            let gate = Instant::now();
+            gate_tx.send_replace(round);
+            let mut got = Vec::new();
+            while got.len() < n {
+                let r: RoundReport =
+                    tokio::time::timeout(Duration::from_secs(300), report_rx.recv())
+                        .await
+                        .expect("round finished in time")
+                        .expect("reports");
+                assert_eq!(r.round, round, "a report of another round");
+                got.push(r);
+            }
+            let models: Vec<_> = got.iter().map(|r| r.model).collect();
+            assert!(models.windows(2).all(|w| w[0] == w[1]), "members disagree");
+            if round > 1 {
+                measured.push(phases(plain, gate, &got));
+            }
+            // Let the stores settle before the next gate opens.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        measured
+    })
+}
+
+fn main() {
+    let rounds: u64 = std::env::var("ROUND_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let configs: Vec<(usize, usize)> = match std::env::var("ROUND_BENCH_ONLY") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|c| {
+                let (a, b) = c.split_once(':')?;
+                Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+            })
+            .collect(),
+        Err(_) => vec![(3, 100_000), (3, 1_000_000), (10, 100_000), (10, 1_000_000)],
+    };
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    println!(
+        "one round on loopback, gated start to every member holding the sum; median of {rounds} rounds after one warm-up"
+    );
+    for (n, params) in configs {
+        let secure = run(n, params, false, rounds);
+        let plain = run(n, params, true, rounds);
+        println!();
+        println!("members={n} params={params}");
+        println!(
+            "  {:<7} {:>9} {}",
+            "mode",
+            "total_ms",
+            SECURE_PHASES
+                .iter()
+                .map(|p| format!("{p:>9}"))
+                .collect::<String>()
+        );
+        let mut totals = Vec::new();
+        for (mode, m) in [("secure", &secure), ("plain", &plain)] {
+            let total = median(m.iter().map(|x| x.total_ms).collect());
+            totals.push(total);
+            let cols: String = SECURE_PHASES
+                .iter()
+                .map(|p| {
+                    let v: Vec<f64> = m.iter().filter_map(|x| x.phases.get(p).copied()).collect();
+                    if v.is_empty() {
+                        format!("{:>9}", "-")
+                    } else {
+                        format!("{:>9.1}", median(v))
+                    }
+                })
+                .collect();
+            println!("  {mode:<7} {total:>9.1} {cols}");
+        }
+        println!(
+            "round members={n} params={params} secure_ms={:.1} plain_ms={:.1} ratio={:.2}",
+            totals[0],
+            totals[1],
+            totals[0] / totals[1]
+        );
+    }
+}
