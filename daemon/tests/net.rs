@@ -416,6 +416,39 @@ async fn a_member_redials_a_restarted_peer_once_discovery_is_idle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_pauses_the_network_without_losing_events() {
+    let (keys, roster) = keys(2);
+    let mut tiny_queue = config(&roster, &[]);
+    tiny_queue.limits.event_queue = 1;
+    let mut a = start(keys[0].clone(), tiny_queue).await;
+    let mut b = start(keys[1].clone(), config(&roster, &[a.addr.clone()])).await;
+    // Nothing has read `a`'s events yet, so its queue is full and its
+    // event loop has stopped reading the network; commands still work.
+    within(
+        "a command while the event queue is full",
+        a.client.connected_peers(),
+    )
+    .await
+    .unwrap();
+    a.wait_subscribed(&roster).await;
+    b.wait_subscribed(&roster).await;
+    let sent: HashSet<Vec<u8>> = (0..50u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    for data in &sent {
+        b.client.publish(data.clone()).await.unwrap();
+    }
+    let mut got = HashSet::new();
+    while got.len() < sent.len() {
+        let (from, data) = a.next_gossip().await;
+        assert_eq!(from, b.peer);
+        got.insert(data);
+    }
+    assert_eq!(got, sent);
+    for node in [a, b] {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_and_misuse_are_errors() {
     let (keys, roster) = keys(2);
     let outsider = Keypair::generate_ed25519().public().to_peer_id();
@@ -489,4 +522,30 @@ async fn bad_settings_and_misuse_are_errors() {
         client.connected_peers().await,
         Err(NetError::Stopped)
     ));
+}
+
+#[cfg(feature = "quic")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_talk_over_quic() {
+    let (keys, roster) = keys(2);
+    let quic = |bootstrap: &[Multiaddr]| {
+        let mut c = config(&roster, bootstrap);
+        c.listen_addrs = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+        c
+    };
+    let mut a = start(keys[0].clone(), quic(&[])).await;
+    assert!(
+        a.addr.iter().any(|p| matches!(p, Protocol::QuicV1)),
+        "{}",
+        a.addr
+    );
+    let mut b = start(keys[1].clone(), quic(&[a.addr.clone()])).await;
+    a.wait_subscribed(&roster).await;
+    b.wait_subscribed(&roster).await;
+    let mut nodes = vec![a, b];
+    check_gossip_reaches_everyone(&mut nodes).await;
+    check_request(&mut nodes, 1, 0, payload(6 << 20, 11)).await;
+    for node in nodes {
+        node.shut_down().await;
+    }
 }
