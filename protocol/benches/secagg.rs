@@ -56,22 +56,22 @@
 //! # Measured
 //!
 //! On the project's 2-core AMD EPYC (Zen 4, AVX-512) VM, shared with other
-//! builds (load average about 9), 5 runs each, ms of CPU:
+//! builds (load average 6.6-6.8 during the run), 5 runs each, ms of CPU:
 //!
 //! ```text
-//! secagg members=10 params=1000000 dropout=0.0 member_ms=30.84 aggregate_ms=47.47 floor_ms=2.139
-//! secagg members=10 params=1000000 dropout=0.3 member_ms=30.74 aggregate_ms=59.87 floor_ms=2.049
-//! secagg members=100 params=100000 dropout=0.0 member_ms=35.98 aggregate_ms=47.73 floor_ms=0.154
-//! secagg members=100 params=100000 dropout=0.3 member_ms=37.67 aggregate_ms=456.30 floor_ms=0.155
+//! secagg members=10 params=1000000 dropout=0.0 member_ms=29.80 aggregate_ms=45.69 floor_ms=1.852
+//! secagg members=10 params=1000000 dropout=0.3 member_ms=29.57 aggregate_ms=57.60 floor_ms=1.788
+//! secagg members=100 params=100000 dropout=0.0 member_ms=35.54 aggregate_ms=46.22 floor_ms=0.154
+//! secagg members=100 params=100000 dropout=0.3 member_ms=34.07 aggregate_ms=442.07 floor_ms=0.154
 //! ```
 //!
-//! Members stay within 1.4-2.4x of N x floor; a member of 100 spends about
+//! Members stay within 1.6-2.3x of N x floor; a member of 100 spends about
 //! as much on its 198 x25519 agreements and ~150 signature checks as on its
-//! 100 masks. The aggregation is within 1.3-1.6x of its floor with dropouts
-//! (the 2,100 x25519 agreements to rebuild pairwise seeds are the excess)
-//! and 2.2x and 3.1x without them, where the 1.4-1.8x without signature
-//! checks shows what the checks cost. The ratios move by about 0.3 from run
-//! to run at this load.
+//! 100 masks. The aggregation is within 1.4-1.5x of its floor with dropouts
+//! (the 2,100 x25519 agreements to rebuild pairwise seeds are the excess),
+//! 2.5x and 3.0x without; without the signature checks it would be 1.2-1.7x.
+//! At load 9-12 the same code measured up to 0.5 higher ratios; 100 members
+//! without dropouts then ranged 2.8-3.5x.
 //!
 //! # Against Bonawitz et al. (CCS 2017)
 //!
