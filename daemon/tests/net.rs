@@ -448,6 +448,50 @@ async fn a_slow_consumer_pauses_the_network_without_losing_events() {
     }
 }
 
+/// Whether some interface other than loopback is up and takes multicast:
+/// mDNS needs one. Linux only; elsewhere the mDNS test skips.
+fn multicast_interface() -> bool {
+    const IFF_UP: u32 = 0x1;
+    const IFF_LOOPBACK: u32 = 0x8;
+    const IFF_MULTICAST: u32 = 0x1000;
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return false;
+    };
+    dir.flatten().any(|iface| {
+        std::fs::read_to_string(iface.path().join("flags"))
+            .ok()
+            .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+            .is_some_and(|f| {
+                f & (IFF_UP | IFF_MULTICAST) == IFF_UP | IFF_MULTICAST && f & IFF_LOOPBACK == 0
+            })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_a_lan_find_each_other_by_mdns() {
+    if !multicast_interface() {
+        eprintln!("skipping: no network interface with multicast for mDNS");
+        return;
+    }
+    let (keys, roster) = keys(2);
+    let lan = || {
+        let mut c = config(&roster, &[]);
+        c.mdns = true;
+        c.listen_addrs = vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()];
+        c
+    };
+    // No bootstrap addresses: only mDNS can bring them together.
+    let mut a = start(keys[0].clone(), lan()).await;
+    let mut b = start(keys[1].clone(), lan()).await;
+    a.wait_subscribed(&roster).await;
+    b.wait_subscribed(&roster).await;
+    let mut nodes = vec![a, b];
+    check_request(&mut nodes, 0, 1, payload(1000, 13)).await;
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_and_misuse_are_errors() {
     let (keys, roster) = keys(2);
