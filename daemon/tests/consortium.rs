@@ -8,7 +8,10 @@ mod consortium_support;
 
 use std::time::Duration;
 
-use consortium_support::{WAIT, check_against_float_means, expected_models, names, read_store};
+use consortium_support::{
+    WAIT, check_against_float_means, check_models, expected_models, names, participants_by_round,
+    read_store,
+};
 use primia_tests::{Consortium, Settings, slow_tests_enabled};
 
 const BIN: &str = env!("CARGO_BIN_EXE_primiad");
@@ -90,44 +93,26 @@ fn consortium_agrees(settings: Settings, until_round: u64) {
         .iter()
         .map(|m| read_store(&m.storage, settings.parameters))
         .collect();
-    let last = stored.iter().map(|s| s.model.round).min().unwrap();
+    let first = stored.iter().map(|s| s.model.round).min().unwrap();
+    let last = stored.iter().map(|s| s.model.round).max().unwrap();
     if self_stopping {
-        assert_eq!(last, settings.rounds);
+        assert_eq!((first, last), (settings.rounds, settings.rounds));
     } else {
-        assert!(last >= until_round);
+        // Stopped one after the other, the last ones may have run on
+        // without the first.
+        assert!(first >= until_round, "{first}..{last}");
     }
-    // The participants of each round, from the journal of a member that
-    // took part in all of them; every round has at least the threshold.
-    let reference = &stored[0];
-    let participants: Vec<Vec<String>> = (1..=last)
-        .map(|r| {
-            let (p, _) = reference
-                .completed
-                .get(&r)
-                .unwrap_or_else(|| panic!("m0 did not complete round {r}\n{}", c.logs()));
-            assert!(2 * p.len() > n, "round {r} summed only {p:?}");
-            p.clone()
-        })
-        .collect();
+    // The participants of each round, from the journals; every round has
+    // at least the threshold, and everyone's models are the ones the test
+    // computes from those participants' test vectors.
+    let participants = participants_by_round(&stored, last);
+    for (r, p) in (1..).zip(&participants) {
+        assert!(2 * p.len() > n, "round {r} summed only {p:?}");
+    }
     let expected = expected_models(settings.parameters, &participants);
-    for (r, model) in (1..).zip(&expected) {
-        let hash = primiad::store::ModelHash::of(&model.encode());
-        for (m, s) in c.members.iter().zip(&stored) {
-            let (p, h) = s
-                .completed
-                .get(&r)
-                .unwrap_or_else(|| panic!("{} did not complete round {r}", m.name));
-            assert_eq!(*h, hash, "{} has another model for round {r}", m.name);
-            assert_eq!(p, &participants[r as usize - 1], "{} round {r}", m.name);
-        }
-    }
-    for (m, s) in c.members.iter().zip(&stored) {
-        if s.model.round == last {
-            assert_eq!(&s.model, expected.last().unwrap(), "{}", m.name);
-        }
-    }
-    let at_last: Vec<_> = stored.iter().filter(|s| s.model.round == last).collect();
-    check_against_float_means(&at_last[0].model, &participants);
+    let member_names: Vec<String> = c.members.iter().map(|m| m.name.clone()).collect();
+    check_models(&member_names, &stored, &expected);
+    check_against_float_means(&expected[last as usize - 1], &participants);
 }
 
 #[test]
@@ -158,4 +143,27 @@ fn five_daemons_with_larger_vectors_over_more_rounds() {
 fn status_without_a_daemon_exits_3() {
     let c = Consortium::new(BIN, &Settings::fast(2));
     assert_eq!(c.status_exit_code(0), Some(3));
+}
+
+#[test]
+fn training_mode_without_a_trainer_is_refused_clearly() {
+    let c = Consortium::new(BIN, &Settings::fast(3));
+    let config = &c.members[0].config;
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("mode = \"test-vectors\"", "mode = \"train\"")
+        .replace(
+            "storage_dir = \"state\"",
+            "storage_dir = \"state\"\ndata_dir = \"images\"",
+        );
+    std::fs::write(config, text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("training mode \"train\""), "{err}");
 }

@@ -7,7 +7,9 @@ mod consortium_support;
 
 use std::time::{Duration, Instant};
 
-use consortium_support::{WAIT, expected_models, names, read_store};
+use consortium_support::{
+    WAIT, check_models, expected_models, names, participants_by_round, read_store,
+};
 use primia_tests::{Consortium, Settings};
 
 const BIN: &str = env!("CARGO_BIN_EXE_primiad");
@@ -131,33 +133,17 @@ fn a_member_killed_mid_round_catches_up_and_rejoins() {
     }
 
     // Every model anyone made or fetched is the one the test computes from
-    // the participants m0's journal names, round by round.
+    // the participants the journals name, round by round.
     let stored: Vec<_> = c
         .members
         .iter()
         .map(|m| read_store(&m.storage, settings.parameters))
         .collect();
-    let m0 = &stored[0];
-    let last = m0.model.round;
-    let participants: Vec<Vec<String>> = (1..=last)
-        .map(|r| {
-            m0.completed
-                .get(&r)
-                .expect("m0 completed every round")
-                .0
-                .clone()
-        })
-        .collect();
+    let last = stored.iter().map(|s| s.model.round).max().unwrap();
+    let participants = participants_by_round(&stored, last);
     let expected = expected_models(settings.parameters, &participants);
-    assert_eq!(m0.model, expected[last as usize - 1]);
-    for (m, s) in c.members.iter().zip(&stored) {
-        for (r, (_, h)) in &s.completed {
-            let want = primiad::store::ModelHash::of(&expected[*r as usize - 1].encode());
-            assert_eq!(*h, want, "{} round {r}", m.name);
-        }
-        let want = &expected[s.model.round as usize - 1];
-        assert_eq!(&s.model, want, "{}'s final model", m.name);
-    }
+    let member_names: Vec<String> = c.members.iter().map(|m| m.name.clone()).collect();
+    check_models(&member_names, &stored, &expected);
     // The victim missed at least the round it was killed in or the next.
     let v = &stored[victim];
     assert!(

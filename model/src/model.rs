@@ -154,6 +154,14 @@ impl Model {
         Ok(())
     }
 
+    /// An independent copy (same spec and weights, separate storage), e.g.
+    /// to keep the global model while a member trains its local copy.
+    pub fn try_clone(&self) -> Result<Model> {
+        let mut m = Model::new(self.spec.clone(), 0)?;
+        m.unflatten(&self.flatten()?)?;
+        Ok(m)
+    }
+
     /// Copies all weights from another model of the same architecture.
     pub fn copy_weights_from(&mut self, other: &Model) -> Result<()> {
         if other.fingerprint != self.fingerprint {

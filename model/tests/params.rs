@@ -147,6 +147,20 @@ fn fingerprints_tell_architectures_and_sizes_apart() {
 }
 
 #[test]
+fn clones_are_independent() {
+    let mut a = cnn();
+    let b = a.try_clone().unwrap();
+    assert_eq!(bits(&a.flatten().unwrap()), bits(&b.flatten().unwrap()));
+    a.unflatten(&vec![0.5; a.param_count()]).unwrap();
+    assert_ne!(a.flatten().unwrap(), b.flatten().unwrap());
+    let mut c = Model::new(spec(Architecture::CompactCnn, 28), 9).unwrap();
+    c.copy_weights_from(&b).unwrap();
+    assert_eq!(bits(&c.flatten().unwrap()), bits(&b.flatten().unwrap()));
+    let other = Model::new(spec(Architecture::CompactCnn, 64), 9).unwrap();
+    assert!(c.copy_weights_from(&other).is_err());
+}
+
+#[test]
 fn same_seed_same_weights() {
     let a = cnn().flatten().unwrap();
     let b = cnn().flatten().unwrap();

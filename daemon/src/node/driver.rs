@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use super::RoundReport;
 use super::model::GlobalModel;
 use super::plain::PlainRound;
-use super::runner::{AttemptLog, InputState, Machine, Runner};
+use super::runner::{AttemptLog, Envelope, InputState, Machine, Runner};
 use super::source::{Update, UpdateSource};
 use super::wire::{self, Announcement, Gossip, Request, Response, RoundFrame};
 use crate::config::{Config, LoadedRoster};
@@ -181,6 +181,9 @@ pub(super) struct Driver {
     asked_latest: BTreeMap<MemberId, StdInstant>,
     /// The model being fetched, if any.
     fetching: Option<ModelHash>,
+    /// When to fetch the model of the round this member is running, if it
+    /// has not finished the round by itself by then (see `fetch_newer`).
+    fetch_due: Option<TokioInstant>,
     /// (member, hash) fetches that failed; not tried again until the member
     /// announces something new.
     failed_fetches: BTreeSet<(MemberId, ModelHash)>,
@@ -267,7 +270,7 @@ impl Driver {
         let first_round = model.round + 1;
         let mut latest_of = BTreeMap::new();
         latest_of.insert(me, announcement);
-        let driver = Self {
+        let mut driver = Self {
             roster: Arc::new(roster),
             protocol_roster,
             identity: identity_key,
@@ -298,6 +301,7 @@ impl Driver {
             latest_of,
             asked_latest: BTreeMap::new(),
             fetching: None,
+            fetch_due: None,
             failed_fetches: BTreeSet::new(),
             source: Some(source),
             recent: recent.into(),
@@ -310,6 +314,11 @@ impl Driver {
             base_mismatches: 0,
             config,
         };
+        let target = driver.config.round.rounds;
+        if target > 0 && driver.model.round >= target {
+            // Restarted after its last round: only serve the others.
+            driver.stage = Stage::Done { since: epoch };
+        }
         driver.publish_status();
         info!(
             member = %driver.name,
@@ -396,8 +405,18 @@ impl Driver {
     // ----- timers and round starts -----
 
     fn next_deadline(&self) -> Option<TokioInstant> {
+        let stage = self.stage_deadline();
+        match (stage, self.fetch_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn stage_deadline(&self) -> Option<TokioInstant> {
         match &self.stage {
             Stage::Running(r) => r.machine.poll_timeout().map(|t| self.to_tokio(t)),
+            // A closed gate wakes the loop when it opens.
+            Stage::Pause { round, .. } if *round > self.gate_open => None,
             Stage::Pause { until, .. } => {
                 let now = TokioInstant::now();
                 if now < *until {
@@ -418,6 +437,10 @@ impl Driver {
     }
 
     async fn on_timer(&mut self) -> anyhow::Result<()> {
+        if self.fetch_due.is_some_and(|t| t <= TokioInstant::now()) {
+            self.fetch_due = None;
+            self.fetch_newer_now(true);
+        }
         match &self.stage {
             Stage::Running(_) => self.drive(Drive::Timeout).await,
             Stage::Done { since } => {
@@ -511,7 +534,7 @@ impl Driver {
         self.drive(Drive::Nothing).await?;
         for item in self.buffer.take_round(round) {
             if item.base == self.model_hash {
-                self.drive(Drive::Message(item.from, &item.envelope))
+                self.drive(Drive::Message(item.from, Envelope::Owned(item.envelope)))
                     .await?;
             }
         }
@@ -571,7 +594,7 @@ impl Driver {
         match input {
             Drive::Nothing => {}
             Drive::Timeout => runner.machine.handle_timeout(now),
-            Drive::Message(from, bytes) => runner.machine.handle_message(now, from, bytes),
+            Drive::Message(from, envelope) => runner.machine.handle_envelope(now, from, envelope),
             Drive::Update(update) => {
                 match runner
                     .machine
@@ -608,11 +631,15 @@ impl Driver {
     }
 
     /// Feeds the last finished round (it answers members still in it).
-    async fn drive_previous(&mut self, from: MemberId, bytes: &[u8]) -> anyhow::Result<()> {
+    async fn drive_previous(
+        &mut self,
+        from: MemberId,
+        envelope: Envelope<'_>,
+    ) -> anyhow::Result<()> {
         let Some(mut prev) = self.previous.take() else {
             return Ok(());
         };
-        prev.machine.handle_message(self.now(), from, bytes);
+        prev.machine.handle_envelope(self.now(), from, envelope);
         let end = self.pump(&mut prev).await?;
         debug_assert!(end.is_none());
         self.previous = Some(prev);
@@ -905,6 +932,7 @@ impl Driver {
             created,
         );
         self.latest_of.insert(self.me, self.announcement);
+        self.fetch_due = None;
         self.model = Arc::new(model);
         self.model_hash = hash;
         self.model_created_unix_ms = created;
@@ -1002,7 +1030,9 @@ impl Driver {
                 match wire::decode_gossip(&data) {
                     Ok(Gossip::Round(frame)) => {
                         if frame.to.is_none_or(|t| t == self.me) {
-                            self.on_frame(member, frame).await?;
+                            let meta = FrameMeta::of(&frame);
+                            self.on_frame(member, meta, Envelope::Borrowed(frame.envelope))
+                                .await?;
                         }
                     }
                     Ok(Gossip::Announce(a)) => self.on_announcement(member, a),
@@ -1019,7 +1049,7 @@ impl Driver {
                 let Some(&member) = self.roster.by_peer.get(&from) else {
                     return Ok(());
                 };
-                self.on_request(member, &payload, reply).await?;
+                self.on_request(member, payload, reply).await?;
             }
         }
         Ok(())
@@ -1028,7 +1058,7 @@ impl Driver {
     async fn on_request(
         &mut self,
         from: MemberId,
-        payload: &[u8],
+        mut payload: Vec<u8>,
         reply: ResponseHandle,
     ) -> anyhow::Result<()> {
         let answer = |reply: ResponseHandle, r: Response<'_>| {
@@ -1036,12 +1066,16 @@ impl Driver {
                 debug!(error = %e, "response not sent");
             }
         };
-        match wire::decode_request(payload) {
+        match wire::decode_request(&payload) {
             Ok(Request::Round(frame)) => {
                 // Acknowledge first: the sender only learns it arrived.
                 answer(reply, Response::Ack);
                 if frame.to.is_none_or(|t| t == self.me) {
-                    self.on_frame(from, frame).await?;
+                    let meta = FrameMeta::of(&frame);
+                    // The envelope is the payload before the frame's
+                    // trailer: keep the buffer instead of copying it.
+                    payload.truncate(payload.len() - wire::ROUND_TRAILER_BYTES);
+                    self.on_frame(from, meta, Envelope::Owned(payload)).await?;
                 }
             }
             Ok(Request::Latest) => answer(reply, Response::Latest(self.announcement)),
@@ -1069,7 +1103,12 @@ impl Driver {
     }
 
     /// Routes a round message by its round and base model.
-    async fn on_frame(&mut self, from: MemberId, frame: RoundFrame<'_>) -> anyhow::Result<()> {
+    async fn on_frame(
+        &mut self,
+        from: MemberId,
+        frame: FrameMeta,
+        envelope: Envelope<'_>,
+    ) -> anyhow::Result<()> {
         let round = frame.round;
         if let Stage::Running(runner) = &self.stage
             && runner.round == round
@@ -1078,13 +1117,13 @@ impl Driver {
                 self.base_mismatch(from, &frame);
                 return Ok(());
             }
-            return self.drive(Drive::Message(from, frame.envelope)).await;
+            return self.drive(Drive::Message(from, envelope)).await;
         }
         if let Some(prev) = &self.previous
             && prev.round == round
         {
             if frame.base == prev.base {
-                self.drive_previous(from, frame.envelope).await?;
+                self.drive_previous(from, envelope).await?;
             }
             return Ok(());
         }
@@ -1097,13 +1136,13 @@ impl Driver {
                 from,
                 round,
                 base: frame.base,
-                envelope: frame.envelope.to_vec(),
+                envelope: envelope.into_vec(),
             });
         }
         Ok(())
     }
 
-    fn base_mismatch(&mut self, from: MemberId, frame: &RoundFrame<'_>) {
+    fn base_mismatch(&mut self, from: MemberId, frame: &FrameMeta) {
         self.base_mismatches += 1;
         if self.base_mismatches.is_power_of_two() {
             warn!(
@@ -1184,6 +1223,12 @@ impl Driver {
     /// Starts fetching the newest model a member announced, if it is newer
     /// than ours and no fetch runs.
     fn fetch_newer(&mut self) {
+        self.fetch_newer_now(false);
+    }
+
+    /// [`Self::fetch_newer`]; `now` skips the wait for this member's own
+    /// round to finish.
+    fn fetch_newer_now(&mut self, now: bool) {
         if self.fetching.is_some() {
             return;
         }
@@ -1194,7 +1239,22 @@ impl Driver {
             .filter(|a| !self.failed_fetches.contains(&(a.author, a.hash)))
             .max_by_key(|a| (a.round, self.connected.contains(&a.author)))
             .copied();
-        let Some(a) = best else { return };
+        let Some(a) = best else {
+            self.fetch_due = None;
+            return;
+        };
+        // A model of the very round this member is running: its own round
+        // most likely finishes in a moment with the same model (the others
+        // just got the outcome first). Fetch only if it has not done so
+        // within a leader's silence deadline.
+        if !now && matches!(&self.stage, Stage::Running(r) if r.round == a.round) {
+            if self.fetch_due.is_none() {
+                let wait = Duration::from_millis(self.config.round.leader_silence_ms);
+                self.fetch_due = Some(TokioInstant::now() + wait);
+            }
+            return;
+        }
+        self.fetch_due = None;
         info!(
             from = %self.name_of(a.author),
             round = a.round,
@@ -1211,8 +1271,8 @@ impl Driver {
             let result = match net.request(peer, request).await {
                 Ok(mut resp) => match wire::decode_response(&resp) {
                     Ok(Response::Model(_)) => {
-                        // The blob is the response after its 2-byte header.
-                        resp.drain(..2);
+                        // The blob is the response before its trailer.
+                        resp.truncate(resp.len() - wire::MODEL_TRAILER_BYTES);
                         Ok(resp)
                     }
                     Ok(other) => Err(format!("answered {other:?}")),
@@ -1407,8 +1467,24 @@ impl Driver {
 enum Drive<'a> {
     Nothing,
     Timeout,
-    Message(MemberId, &'a [u8]),
+    Message(MemberId, Envelope<'a>),
     Update(Update),
+}
+
+/// A round frame's fields besides its envelope.
+#[derive(Clone, Copy, Debug)]
+struct FrameMeta {
+    round: u64,
+    base: ModelHash,
+}
+
+impl FrameMeta {
+    fn of(frame: &RoundFrame<'_>) -> Self {
+        Self {
+            round: frame.round,
+            base: frame.base,
+        }
+    }
 }
 
 /// The gate's new value; `None` once its sender is gone. Never resolves

@@ -98,8 +98,6 @@ pub struct NodeOptions {
     /// Receives a [`RoundReport`] per finished round; reports that do not
     /// fit are dropped.
     pub reports: Option<mpsc::Sender<RoundReport>>,
-    /// Called with the addresses the network listens on, once bound.
-    pub on_listening: Option<Box<dyn FnOnce(Vec<Multiaddr>) + Send>>,
     /// When set, round r starts only once the value is at least r: lets a
     /// bench or a test start every member's round at the same moment.
     pub round_gate: Option<watch::Receiver<u64>>,
@@ -129,7 +127,6 @@ pub async fn run_with(
         source,
         plain_sums,
         reports,
-        on_listening,
         round_gate,
     } = options;
     let roster = LoadedRoster::load(&config.roster)?;
@@ -195,11 +192,6 @@ pub async fn run_with(
     let control = ControlServer::bind(&driver.config().storage_dir, status_rx)
         .context("cannot open the control socket")?;
     let control_task = tokio::spawn(control.run(stopped(stop_rx.clone())));
-
-    if let Some(f) = on_listening {
-        let addrs = client.listen_addrs().await.context("network stopped")?;
-        f(addrs);
-    }
 
     let result = driver.run(events, shutdown).await;
     let _ = stop_tx.send(true);

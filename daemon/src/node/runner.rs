@@ -7,13 +7,36 @@ use std::sync::Arc;
 use primia_crypto::IdentityKey;
 use primia_protocol::{
     Event, Instant, MemberId, Output, Phase, ProtocolError, RevealRecord, Roster, Round,
-    RoundConfig,
+    RoundConfig, WireBytes,
 };
 use rand::rngs::StdRng;
 use tracing::Span;
 
 use super::plain::PlainRound;
 use crate::store::ModelHash;
+
+/// A protocol envelope as it came off the network: borrowed from a gossip
+/// message, or a buffer of its own (a request's payload).
+pub(crate) enum Envelope<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Envelope<'_> {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Envelope::Borrowed(b) => b,
+            Envelope::Owned(v) => v,
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Envelope::Borrowed(b) => b.to_vec(),
+            Envelope::Owned(v) => v,
+        }
+    }
+}
 
 /// The state machine of one round.
 pub(crate) enum Machine {
@@ -42,10 +65,15 @@ impl Machine {
         Ok(Self::Secure(Box::new(round)))
     }
 
-    pub(crate) fn handle_message(&mut self, now: Instant, from: MemberId, bytes: &[u8]) {
-        match self {
-            Self::Secure(r) => r.handle_message(now, from, bytes),
-            Self::Plain(r) => r.handle_message(now, from, bytes),
+    /// Feeds a protocol envelope; an owned one is handed over without a
+    /// copy (the round keeps an outcome envelope as it is).
+    pub(crate) fn handle_envelope(&mut self, now: Instant, from: MemberId, envelope: Envelope<'_>) {
+        match (self, envelope) {
+            (Self::Secure(r), Envelope::Owned(v)) => {
+                r.handle_owned_message(now, from, WireBytes::new(v))
+            }
+            (Self::Secure(r), Envelope::Borrowed(b)) => r.handle_message(now, from, b),
+            (Self::Plain(r), e) => r.handle_message(now, from, e.as_slice()),
         }
     }
 

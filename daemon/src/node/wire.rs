@@ -5,19 +5,26 @@
 //! Round messages carry the protocol's own signed envelope untouched; the
 //! frame only adds what the driver needs to route it and to make sure that
 //! sender and receiver start the round from the same model. Everything else
-//! is small and fixed-size except a model blob, which is the tail of its
-//! response. The byte layouts are written next to each type and pinned by a
-//! snapshot test, because they are a contract with other hospitals' daemons.
+//! is small and fixed-size except a model blob.
 //!
-//! Decoding never panics and never allocates more than the input: every
-//! length is the input's own.
+//! # Layout
+//!
+//! Every message is `body | tag u8 | VERSION u8`: what it is comes *last*,
+//! after the fixed fields, so that a large payload (a protocol envelope, a
+//! model blob) is a prefix of the bytes received. The receiver keeps it by
+//! truncating the buffer, without copying megabytes. Integers are little
+//! endian. The layouts are written next to each type and pinned by tests,
+//! because they are a contract with other hospitals' daemons.
+//!
+//! Decoding never panics and never allocates: every length is the input's
+//! own.
 
 use primia_crypto::{IdentityKey, PublicIdentity, Signature};
 use primia_protocol::{MemberId, RosterDigest};
 
 use crate::store::ModelHash;
 
-/// Version byte that starts every driver message.
+/// Version byte that ends every driver message.
 pub const VERSION: u8 = 1;
 
 /// Signing context of model announcements; distinct from every protocol
@@ -78,8 +85,8 @@ pub enum WireError {
 
 /// A protocol envelope with the driver's routing frame.
 ///
-/// Layout: `VERSION | TAG_ROUND | round u64 LE | base [32] | to u16 LE |
-/// envelope...` where `to` is a member id or `0xffff` for every member.
+/// Layout: `envelope | round u64 | base [32] | to u16 | TAG_ROUND | VERSION`
+/// where `to` is a member id or `0xffff` for every member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoundFrame<'a> {
     /// The round the envelope belongs to (the protocol checks it again).
@@ -92,17 +99,18 @@ pub struct RoundFrame<'a> {
     pub envelope: &'a [u8],
 }
 
-const ROUND_HEADER: usize = 2 + 8 + 32 + 2;
+/// Bytes after the envelope of a round frame.
+pub const ROUND_TRAILER_BYTES: usize = 8 + 32 + 2 + 2;
 
 impl RoundFrame<'_> {
     /// The framed bytes (one copy of the envelope).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ROUND_HEADER + self.envelope.len());
-        out.extend_from_slice(&[VERSION, TAG_ROUND]);
+        let mut out = Vec::with_capacity(self.envelope.len() + ROUND_TRAILER_BYTES);
+        out.extend_from_slice(self.envelope);
         out.extend_from_slice(&self.round.to_le_bytes());
         out.extend_from_slice(&self.base.0);
         out.extend_from_slice(&self.to.map_or(TO_ALL, |m| m.0).to_le_bytes());
-        out.extend_from_slice(self.envelope);
+        out.extend_from_slice(&[TAG_ROUND, VERSION]);
         out
     }
 }
@@ -110,9 +118,9 @@ impl RoundFrame<'_> {
 /// A member's signed statement that it holds a model: the model of `round`
 /// with hash `hash`, of `parameters` parameters, made at `created_unix_ms`.
 ///
-/// Layout: `VERSION | TAG_ANNOUNCE | author u16 LE | round u64 LE |
-/// hash [32] | parameters u64 LE | created_unix_ms u64 LE | signature [64]`.
-/// The signature covers the roster digest and every field before it.
+/// Layout: `author u16 | round u64 | hash [32] | parameters u64 |
+/// created_unix_ms u64 | signature [64] | TAG_ANNOUNCE | VERSION`. The
+/// signature covers the roster digest and every field before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Announcement {
     /// Who holds the model and signed this.
@@ -129,7 +137,9 @@ pub struct Announcement {
     pub signature: [u8; 64],
 }
 
-const ANNOUNCE_BYTES: usize = 2 + 2 + 8 + 32 + 8 + 8 + 64;
+/// The fields of an announcement before its signature.
+const ANNOUNCE_SIGNED_BYTES: usize = 2 + 8 + 32 + 8 + 8;
+const ANNOUNCE_BODY_BYTES: usize = ANNOUNCE_SIGNED_BYTES + 64;
 
 impl Announcement {
     /// Signs an announcement by `author`.
@@ -158,10 +168,20 @@ impl Announcement {
 
     /// What the signature covers.
     fn statement(&self, roster: &RosterDigest) -> Vec<u8> {
-        let mut s = Vec::with_capacity(32 + ANNOUNCE_BYTES);
+        let mut s = Vec::with_capacity(32 + ANNOUNCE_BODY_BYTES);
         s.extend_from_slice(&roster.0);
-        s.extend_from_slice(&self.encode()[2..ANNOUNCE_BYTES - 64]);
+        self.put_body(&mut s);
+        s.truncate(32 + ANNOUNCE_SIGNED_BYTES);
         s
+    }
+
+    fn put_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.author.0.to_le_bytes());
+        out.extend_from_slice(&self.round.to_le_bytes());
+        out.extend_from_slice(&self.hash.0);
+        out.extend_from_slice(&self.parameters.to_le_bytes());
+        out.extend_from_slice(&self.created_unix_ms.to_le_bytes());
+        out.extend_from_slice(&self.signature);
     }
 
     /// Checks the signature against the author's identity.
@@ -175,22 +195,16 @@ impl Announcement {
             .is_ok()
     }
 
-    /// The encoded bytes.
+    /// The encoded bytes, as gossip.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ANNOUNCE_BYTES);
-        out.extend_from_slice(&[VERSION, TAG_ANNOUNCE]);
-        out.extend_from_slice(&self.author.0.to_le_bytes());
-        out.extend_from_slice(&self.round.to_le_bytes());
-        out.extend_from_slice(&self.hash.0);
-        out.extend_from_slice(&self.parameters.to_le_bytes());
-        out.extend_from_slice(&self.created_unix_ms.to_le_bytes());
-        out.extend_from_slice(&self.signature);
+        let mut out = Vec::with_capacity(ANNOUNCE_BODY_BYTES + 2);
+        self.put_body(&mut out);
+        out.extend_from_slice(&[TAG_ANNOUNCE, VERSION]);
         out
     }
 
-    fn decode_body(bytes: &[u8]) -> Result<Self, WireError> {
-        const WHAT: &str = "model announcement";
-        let mut r = Reader::new(bytes, WHAT);
+    fn decode_body(body: &[u8], what: &'static str) -> Result<Self, WireError> {
+        let mut r = Reader::new(body, what);
         let a = Self {
             author: MemberId(r.u16()?),
             round: r.u64()?,
@@ -218,33 +232,38 @@ pub enum Gossip<'a> {
 pub enum Request<'a> {
     /// A bulk protocol message (a masked input, an outcome).
     Round(RoundFrame<'a>),
-    /// "What is your latest model?"; layout `VERSION | TAG_LATEST`.
+    /// "What is your latest model?"; layout `TAG_LATEST | VERSION`.
     Latest,
-    /// "Send me this model"; layout `VERSION | TAG_MODEL | hash [32]`.
+    /// "Send me this model"; layout `hash [32] | TAG_MODEL | VERSION`.
     Model(ModelHash),
 }
 
 /// An answer to a [`Request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Response<'a> {
-    /// Received (a round message); layout `VERSION | RESP_ACK`.
+    /// Received (a round message); layout `RESP_ACK | VERSION`.
     Ack,
-    /// The responder's latest model; layout `VERSION | RESP_LATEST |`
-    /// announcement without its first two bytes.
+    /// The responder's latest model; layout: an announcement's body, then
+    /// `RESP_LATEST | VERSION`.
     Latest(Announcement),
-    /// The model blob asked for; layout `VERSION | RESP_MODEL | blob...`.
+    /// The model blob asked for; layout `blob | RESP_MODEL | VERSION`.
     Model(&'a [u8]),
-    /// The responder does not hold that model.
+    /// The responder does not hold that model; `RESP_NOT_FOUND | VERSION`.
     NotFound,
-    /// The request was refused; layout `VERSION | RESP_REFUSED | reason`.
+    /// The request was refused; layout `reason | RESP_REFUSED | VERSION`.
     Refused(&'a str),
 }
 
+/// Bytes after a model blob in a [`Response::Model`]: truncate a response
+/// by this much to keep the blob.
+pub const MODEL_TRAILER_BYTES: usize = 2;
+
 /// Decodes a gossip message.
 pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip<'_>, WireError> {
-    match header(bytes, "gossip message")? {
-        TAG_ROUND => decode_round(bytes).map(Gossip::Round),
-        TAG_ANNOUNCE => Announcement::decode_body(&bytes[2..]).map(Gossip::Announce),
+    let (body, tag) = split(bytes, "gossip message")?;
+    match tag {
+        TAG_ROUND => decode_round(body).map(Gossip::Round),
+        TAG_ANNOUNCE => Announcement::decode_body(body, "model announcement").map(Gossip::Announce),
         tag => Err(WireError::Tag(tag)),
     }
 }
@@ -259,14 +278,15 @@ pub fn encode_gossip(g: &Gossip<'_>) -> Vec<u8> {
 
 /// Decodes a request.
 pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, WireError> {
-    match header(bytes, "request")? {
-        TAG_ROUND => decode_round(bytes).map(Request::Round),
+    let (body, tag) = split(bytes, "request")?;
+    match tag {
+        TAG_ROUND => decode_round(body).map(Request::Round),
         TAG_LATEST => {
-            exact(bytes, 2, "latest-model request")?;
+            Reader::new(body, "latest-model request").finish()?;
             Ok(Request::Latest)
         }
         TAG_MODEL => {
-            let mut r = Reader::new(&bytes[2..], "model request");
+            let mut r = Reader::new(body, "model request");
             let hash = ModelHash(r.array()?);
             r.finish()?;
             Ok(Request::Model(hash))
@@ -279,10 +299,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, WireError> {
 pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
     match req {
         Request::Round(f) => f.encode(),
-        Request::Latest => vec![VERSION, TAG_LATEST],
+        Request::Latest => vec![TAG_LATEST, VERSION],
         Request::Model(hash) => {
-            let mut out = vec![VERSION, TAG_MODEL];
-            out.extend_from_slice(&hash.0);
+            let mut out = hash.0.to_vec();
+            out.extend_from_slice(&[TAG_MODEL, VERSION]);
             out
         }
     }
@@ -290,31 +310,29 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
 
 /// Decodes a response.
 pub fn decode_response(bytes: &[u8]) -> Result<Response<'_>, WireError> {
-    match header(bytes, "response")? {
+    let (body, tag) = split(bytes, "response")?;
+    match tag {
         RESP_ACK => {
-            exact(bytes, 2, "acknowledgement")?;
+            Reader::new(body, "acknowledgement").finish()?;
             Ok(Response::Ack)
         }
-        RESP_LATEST => Announcement::decode_body(&bytes[2..]).map(Response::Latest),
-        RESP_MODEL => Ok(Response::Model(&bytes[2..])),
+        RESP_LATEST => Announcement::decode_body(body, "latest-model answer").map(Response::Latest),
+        RESP_MODEL => Ok(Response::Model(body)),
         RESP_NOT_FOUND => {
-            exact(bytes, 2, "not-found response")?;
+            Reader::new(body, "not-found answer").finish()?;
             Ok(Response::NotFound)
         }
         RESP_REFUSED => {
-            let reason = &bytes[2..];
-            if reason.len() > MAX_REFUSAL_BYTES {
-                return Err(WireError::Field {
-                    what: "refusal",
-                    field: "reason",
-                });
+            let bad = WireError::Field {
+                what: "refusal",
+                field: "reason",
+            };
+            if body.len() > MAX_REFUSAL_BYTES {
+                return Err(bad);
             }
-            std::str::from_utf8(reason)
+            std::str::from_utf8(body)
                 .map(Response::Refused)
-                .map_err(|_| WireError::Field {
-                    what: "refusal",
-                    field: "reason",
-                })
+                .map_err(|_| bad)
         }
         tag => Err(WireError::Tag(tag)),
     }
@@ -323,67 +341,62 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response<'_>, WireError> {
 /// Encodes a response. A refusal's reason is cut to [`MAX_REFUSAL_BYTES`]
 /// on a character boundary.
 pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
-    match resp {
-        Response::Ack => vec![VERSION, RESP_ACK],
+    let (mut out, tag) = match resp {
+        Response::Ack => (Vec::with_capacity(2), RESP_ACK),
         Response::Latest(a) => {
-            let mut out = a.encode();
-            out[1] = RESP_LATEST;
-            out
+            let mut out = Vec::with_capacity(ANNOUNCE_BODY_BYTES + 2);
+            a.put_body(&mut out);
+            (out, RESP_LATEST)
         }
         Response::Model(blob) => {
-            let mut out = Vec::with_capacity(2 + blob.len());
-            out.extend_from_slice(&[VERSION, RESP_MODEL]);
+            let mut out = Vec::with_capacity(blob.len() + MODEL_TRAILER_BYTES);
             out.extend_from_slice(blob);
-            out
+            (out, RESP_MODEL)
         }
-        Response::NotFound => vec![VERSION, RESP_NOT_FOUND],
+        Response::NotFound => (Vec::with_capacity(2), RESP_NOT_FOUND),
         Response::Refused(reason) => {
             let mut end = reason.len().min(MAX_REFUSAL_BYTES);
             while !reason.is_char_boundary(end) {
                 end -= 1;
             }
-            let mut out = vec![VERSION, RESP_REFUSED];
-            out.extend_from_slice(&reason.as_bytes()[..end]);
-            out
+            (reason.as_bytes()[..end].to_vec(), RESP_REFUSED)
         }
-    }
+    };
+    out.extend_from_slice(&[tag, VERSION]);
+    out
 }
 
-fn header(bytes: &[u8], what: &'static str) -> Result<u8, WireError> {
+/// Splits off the trailing tag and version.
+fn split<'a>(bytes: &'a [u8], what: &'static str) -> Result<(&'a [u8], u8), WireError> {
     match bytes {
-        [VERSION, tag, ..] => Ok(*tag),
-        [v, _, ..] => Err(WireError::Version(*v)),
-        _ => Err(WireError::Truncated {
-            what,
-            len: bytes.len(),
-        }),
+        [body @ .., tag, VERSION] => Ok((body, *tag)),
+        [.., v] => Err(WireError::Version(*v)),
+        [] => Err(WireError::Truncated { what, len: 0 }),
     }
 }
 
-fn exact(bytes: &[u8], len: usize, what: &'static str) -> Result<(), WireError> {
-    if bytes.len() > len {
-        return Err(WireError::Trailing {
-            what,
-            count: bytes.len() - len,
+fn decode_round(body: &[u8]) -> Result<RoundFrame<'_>, WireError> {
+    const FIXED: usize = ROUND_TRAILER_BYTES - 2;
+    if body.len() < FIXED {
+        return Err(WireError::Truncated {
+            what: "round message",
+            len: body.len() + 2,
         });
     }
-    Ok(())
-}
-
-fn decode_round(bytes: &[u8]) -> Result<RoundFrame<'_>, WireError> {
-    const WHAT: &str = "round message";
-    let mut r = Reader::new(&bytes[2..], WHAT);
+    let (envelope, fixed) = body.split_at(body.len() - FIXED);
+    let mut r = Reader::new(fixed, "round message");
     let round = r.u64()?;
     let base = ModelHash(r.array()?);
     let to = match r.u16()? {
         TO_ALL => None,
         id => Some(MemberId(id)),
     };
+    r.finish()?;
     Ok(RoundFrame {
         round,
         base,
         to,
-        envelope: r.rest(),
+        envelope,
     })
 }
 
@@ -423,10 +436,6 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_le_bytes)
     }
 
-    fn rest(self) -> &'a [u8] {
-        self.bytes
-    }
-
     fn finish(self) -> Result<(), WireError> {
         if self.bytes.is_empty() {
             Ok(())
@@ -448,6 +457,19 @@ mod tests {
         ModelHash([b; 32])
     }
 
+    fn announcement() -> Announcement {
+        let key = IdentityKey::from_seed(&Secret32::from_bytes([5; 32]));
+        Announcement::sign(
+            &key,
+            &RosterDigest([9; 32]),
+            MemberId(2),
+            4,
+            hash(1),
+            10,
+            1234,
+        )
+    }
+
     #[test]
     fn round_frames_roundtrip_and_pin_their_layout() {
         let f = RoundFrame {
@@ -457,37 +479,66 @@ mod tests {
             envelope: b"env",
         };
         let bytes = f.encode();
-        let mut expected = vec![1, 1, 7, 0, 0, 0, 0, 0, 0, 0];
+        let mut expected = b"env".to_vec();
+        expected.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0]);
         expected.extend_from_slice(&[0xab; 32]);
-        expected.extend_from_slice(&[3, 0]);
-        expected.extend_from_slice(b"env");
+        expected.extend_from_slice(&[3, 0, TAG_ROUND, VERSION]);
         assert_eq!(bytes, expected);
+        assert_eq!(bytes.len(), 3 + ROUND_TRAILER_BYTES);
         assert_eq!(decode_gossip(&bytes).unwrap(), Gossip::Round(f));
         assert_eq!(decode_request(&bytes).unwrap(), Request::Round(f));
-        let all = RoundFrame { to: None, ..f };
+        let all = RoundFrame {
+            to: None,
+            envelope: b"",
+            ..f
+        };
         assert_eq!(decode_gossip(&all.encode()).unwrap(), Gossip::Round(all));
     }
 
     #[test]
-    fn announcements_sign_verify_and_roundtrip() {
+    fn announcements_sign_verify_roundtrip_and_pin_their_layout() {
         let key = IdentityKey::from_seed(&Secret32::from_bytes([5; 32]));
         let other = IdentityKey::from_seed(&Secret32::from_bytes([6; 32]));
         let roster = RosterDigest([9; 32]);
-        let a = Announcement::sign(&key, &roster, MemberId(2), 4, hash(1), 10, 1234);
+        let a = announcement();
         assert!(a.verify(&roster, &key.public()));
         assert!(!a.verify(&roster, &other.public()));
         assert!(!a.verify(&RosterDigest([8; 32]), &key.public()));
-        let forged = Announcement { round: 5, ..a };
-        assert!(!forged.verify(&roster, &key.public()));
+        for forged in [
+            Announcement { round: 5, ..a },
+            Announcement { hash: hash(2), ..a },
+            Announcement {
+                author: MemberId(1),
+                ..a
+            },
+            Announcement {
+                parameters: 11,
+                ..a
+            },
+            Announcement {
+                created_unix_ms: 1,
+                ..a
+            },
+        ] {
+            assert!(!forged.verify(&roster, &key.public()));
+        }
         let bytes = a.encode();
-        assert_eq!(bytes.len(), ANNOUNCE_BYTES);
+        let mut expected = vec![2, 0, 4, 0, 0, 0, 0, 0, 0, 0];
+        expected.extend_from_slice(&[1; 32]);
+        expected.extend_from_slice(&10u64.to_le_bytes());
+        expected.extend_from_slice(&1234u64.to_le_bytes());
+        expected.extend_from_slice(&a.signature);
+        expected.extend_from_slice(&[TAG_ANNOUNCE, VERSION]);
+        assert_eq!(bytes, expected);
         assert_eq!(decode_gossip(&bytes).unwrap(), Gossip::Announce(a));
         let resp = encode_response(&Response::Latest(a));
+        assert_eq!(resp[..resp.len() - 2], bytes[..bytes.len() - 2]);
         assert_eq!(decode_response(&resp).unwrap(), Response::Latest(a));
     }
 
     #[test]
     fn requests_and_responses_roundtrip() {
+        assert_eq!(encode_request(&Request::Latest), [TAG_LATEST, VERSION]);
         for req in [Request::Latest, Request::Model(hash(3))] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }
@@ -495,10 +546,15 @@ mod tests {
             Response::Ack,
             Response::NotFound,
             Response::Model(b"blob"),
+            Response::Model(b""),
             Response::Refused("no"),
         ] {
             assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
         }
+        // The blob is a prefix: truncating keeps it.
+        let mut bytes = encode_response(&Response::Model(b"blob"));
+        bytes.truncate(bytes.len() - MODEL_TRAILER_BYTES);
+        assert_eq!(bytes, b"blob");
         let long = "é".repeat(400);
         match decode_response(&encode_response(&Response::Refused(&long))).unwrap() {
             Response::Refused(r) => assert!(r.len() <= MAX_REFUSAL_BYTES && !r.is_empty()),
@@ -512,34 +568,33 @@ mod tests {
             decode_gossip(&[]),
             Err(WireError::Truncated { .. })
         ));
-        assert!(matches!(decode_gossip(&[2, 1]), Err(WireError::Version(2))));
-        assert!(matches!(decode_gossip(&[1, 9]), Err(WireError::Tag(9))));
         assert!(matches!(
-            decode_gossip(&[1, 1, 0]),
+            decode_gossip(&[1]),
+            Err(WireError::Version(1)) | Err(WireError::Truncated { .. })
+        ));
+        assert!(matches!(decode_gossip(&[1, 2]), Err(WireError::Version(2))));
+        assert!(matches!(
+            decode_gossip(&[9, VERSION]),
+            Err(WireError::Tag(9))
+        ));
+        assert!(matches!(
+            decode_gossip(&[0, TAG_ROUND, VERSION]),
             Err(WireError::Truncated { .. })
         ));
         assert!(matches!(
-            decode_request(&[1, 3, 0]),
+            decode_request(&[0, TAG_LATEST, VERSION]),
             Err(WireError::Trailing { .. })
         ));
         assert!(matches!(
-            decode_request(&[1, 4, 0]),
+            decode_request(&[0, TAG_MODEL, VERSION]),
             Err(WireError::Truncated { .. })
         ));
-        let mut a = Announcement::sign(
-            &IdentityKey::from_seed(&Secret32::from_bytes([1; 32])),
-            &RosterDigest([0; 32]),
-            MemberId(0),
-            1,
-            hash(0),
-            1,
-            1,
-        )
-        .encode();
-        a.push(0);
+        let mut a = vec![0];
+        a.extend_from_slice(&announcement().encode());
         assert!(matches!(decode_gossip(&a), Err(WireError::Trailing { .. })));
-        assert!(decode_response(&[1, RESP_REFUSED, 0xff]).is_err());
-        // Every prefix of every valid message decodes or errs, never panics.
+        assert!(decode_response(&[0xff, RESP_REFUSED, VERSION]).is_err());
+        // Every suffix and prefix of every valid message decodes or errs,
+        // never panics.
         let frame = RoundFrame {
             round: 1,
             base: hash(1),
@@ -547,11 +602,13 @@ mod tests {
             envelope: b"x",
         }
         .encode();
-        for msg in [frame, a] {
-            for end in 0..msg.len() {
-                let _ = decode_gossip(&msg[..end]);
-                let _ = decode_request(&msg[..end]);
-                let _ = decode_response(&msg[..end]);
+        for msg in [frame, announcement().encode()] {
+            for cut in 0..msg.len() {
+                for part in [&msg[..cut], &msg[cut..]] {
+                    let _ = decode_gossip(part);
+                    let _ = decode_request(part);
+                    let _ = decode_response(part);
+                }
             }
         }
     }

@@ -114,3 +114,43 @@ pub fn names(status: &serde_json::Value, field: &str) -> Vec<String> {
         .map(|v| v.as_str().expect("a name").to_owned())
         .collect()
 }
+
+/// The participants of rounds 1..=last from the journals of all members
+/// (a member that caught up by fetching a model has no entry for the
+/// rounds it missed); members that journaled a round must agree on it.
+pub fn participants_by_round(stored: &[Stored], last: u64) -> Vec<Vec<String>> {
+    (1..=last)
+        .map(|r| {
+            let mut found: Option<&Vec<String>> = None;
+            for s in stored {
+                if let Some((p, _)) = s.completed.get(&r) {
+                    if let Some(f) = found {
+                        assert_eq!(f, p, "members disagree on who is in round {r}");
+                    }
+                    found = Some(p);
+                }
+            }
+            found
+                .unwrap_or_else(|| panic!("no member journaled round {r} as completed"))
+                .clone()
+        })
+        .collect()
+}
+
+/// Checks every member's journaled models and final model against the
+/// models the test computes.
+pub fn check_models(names: &[String], stored: &[Stored], expected: &[GlobalModel]) {
+    for (name, s) in names.iter().zip(stored) {
+        for (r, (_, h)) in &s.completed {
+            let want = ModelHash::of(&expected[*r as usize - 1].encode());
+            assert_eq!(*h, want, "{name} has another model for round {r}");
+        }
+        assert!(
+            s.model.round >= 1,
+            "{name} never got past the initial model"
+        );
+        let want = &expected[s.model.round as usize - 1];
+        assert_eq!(&s.model, want, "{name}'s final model");
+        assert_eq!(s.hash, ModelHash::of(&want.encode()), "{name}'s final hash");
+    }
+}
