@@ -108,7 +108,6 @@ async fn run_rounds(n: usize, rounds: u64, plain: bool) -> (Vec<RoundReport>, Ve
             plain_sums: plain,
             reports: Some(report_tx.clone()),
             round_gate: Some(gate_rx.clone()),
-            ..NodeOptions::default()
         };
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(run_with(config, options, async move {

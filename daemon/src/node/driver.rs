@@ -189,6 +189,9 @@ pub(super) struct Driver {
     failed_fetches: BTreeSet<(MemberId, ModelHash)>,
     /// `None` while it prepares an update on another thread.
     source: Option<Box<dyn UpdateSource>>,
+    /// The update for the next round, prepared as soon as its base model
+    /// is known (during the pause between rounds, as training would be).
+    prepared: Option<(u64, anyhow::Result<Update>)>,
     recent: VecDeque<JournalEntry>,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: Option<mpsc::Receiver<Internal>>,
@@ -304,6 +307,7 @@ impl Driver {
             fetch_due: None,
             failed_fetches: BTreeSet::new(),
             source: Some(source),
+            prepared: None,
             recent: recent.into(),
             internal_tx,
             internal_rx: Some(internal_rx),
@@ -367,6 +371,7 @@ impl Driver {
             self.gate_open = *g.borrow();
         }
         let mut shutdown = std::pin::pin!(shutdown);
+        self.prepare_update();
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -530,8 +535,11 @@ impl Driver {
             span: tracing::info_span!("round", round, attempt = first_attempt),
         }));
         self.dirty = true;
-        self.prepare_update();
         self.drive(Drive::Nothing).await?;
+        match self.prepared.take() {
+            Some((r, result)) if r == round => self.take_update(result).await?,
+            _ => self.prepare_update(),
+        }
         for item in self.buffer.take_round(round) {
             if item.base == self.model_hash {
                 self.drive(Drive::Message(item.from, Envelope::Owned(item.envelope)))
@@ -541,19 +549,24 @@ impl Driver {
         Ok(())
     }
 
-    /// Hands the update source the current round's work, unless it is busy.
+    /// Has the update source prepare the update for the round after the
+    /// current model, unless it is busy or that update is ready.
     fn prepare_update(&mut self) {
-        let Stage::Running(runner) = &self.stage else {
+        let round = self.model.round + 1;
+        if matches!(self.stage, Stage::Done { .. })
+            || self.prepared.as_ref().is_some_and(|(r, _)| *r == round)
+        {
             return;
-        };
-        if runner.input != InputState::Preparing {
+        }
+        if let Stage::Running(r) = &self.stage
+            && (r.round != round || r.input != InputState::Preparing)
+        {
             return;
         }
         let Some(mut source) = self.source.take() else {
             // Busy with an older round; asked again when it returns.
             return;
         };
-        let round = runner.round;
         let base = Arc::clone(&self.model);
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
@@ -577,6 +590,26 @@ impl Driver {
                 Err(e) => error!(error = %e, "the update source panicked"),
             }
         });
+    }
+
+    /// Hands the running round this member's update, or notes that there
+    /// is none.
+    async fn take_update(&mut self, result: anyhow::Result<Update>) -> anyhow::Result<()> {
+        match result {
+            Ok(update) => self.drive(Drive::Update(update)).await,
+            Err(e) => {
+                error!(
+                    round = self.model.round + 1,
+                    error = format!("{e:#}"),
+                    "cannot prepare this member's update; the round goes on without it"
+                );
+                if let Stage::Running(r) = &mut self.stage {
+                    r.input = InputState::Failed;
+                }
+                self.dirty = true;
+                Ok(())
+            }
+        }
     }
 
     // ----- driving a round -----
@@ -625,6 +658,7 @@ impl Driver {
                     retry: runner.retry + 1,
                     until: TokioInstant::now() + Duration::from_millis(self.config.round.pause_ms),
                 };
+                self.prepare_update();
             }
         }
         Ok(())
@@ -842,6 +876,7 @@ impl Driver {
                     retry: runner.retry + 1,
                     until: TokioInstant::now() + Duration::from_millis(self.config.round.pause_ms),
                 };
+                self.prepare_update();
                 return Ok(());
             }
         };
@@ -885,6 +920,7 @@ impl Driver {
 
     /// Where to go once the current model changed.
     fn after_adopt(&mut self) {
+        self.prepared = None;
         let target = self.config.round.rounds;
         self.stage = if target > 0 && self.model.round >= target {
             Stage::Done {
@@ -898,6 +934,9 @@ impl Driver {
             }
         };
         self.dirty = true;
+        if let Stage::Pause { .. } = self.stage {
+            self.prepare_update();
+        }
     }
 
     /// Stores a model blob and makes it current, durably.
@@ -1299,24 +1338,16 @@ impl Driver {
                 result,
             } => {
                 self.source = Some(source);
-                let current = matches!(&self.stage, Stage::Running(r) if r.round == round && r.input == InputState::Preparing);
-                if !current {
+                if round != self.model.round + 1 {
+                    // Made from a model this member has since left behind.
                     self.prepare_update();
                     return Ok(());
                 }
-                match result {
-                    Ok(update) => self.drive(Drive::Update(update)).await?,
-                    Err(e) => {
-                        error!(
-                            round,
-                            error = format!("{e:#}"),
-                            "cannot prepare this member's update; the round goes on without it"
-                        );
-                        if let Stage::Running(r) = &mut self.stage {
-                            r.input = InputState::Failed;
-                        }
-                        self.dirty = true;
-                    }
+                let waiting = matches!(&self.stage, Stage::Running(r) if r.round == round && r.input == InputState::Preparing);
+                if waiting {
+                    self.take_update(result).await?;
+                } else {
+                    self.prepared = Some((round, result));
                 }
             }
             Internal::Latest { from, result } => match result {
