@@ -12,10 +12,11 @@
 //!   round network messages and timeouts. Every round message travels in a
 //!   frame that names the round and the base ([`wire::RoundFrame`]); a
 //!   message whose base differs from this member's never reaches the round,
-//!   so members only ever aggregate updates to the same model. Small control
-//!   messages go over gossip (addressed in the frame), bulk ones (masked
-//!   inputs, outcomes) over request-response, as
-//!   [`primia_protocol::MessageKind::is_bulk`] says. A
+//!   so members only ever aggregate updates to the same model. The
+//!   leader's small announcements to every member go over gossip; messages
+//!   for one member (to or from the leader) and bulk ones (masked inputs,
+//!   outcomes, as [`primia_protocol::MessageKind::is_bulk`] says) go straight
+//!   to their recipients over request-response. A
 //!   [`primia_protocol::Output::PersistReveal`] is written to the store and
 //!   flushed before any later output of the round is carried out.
 //! - **Outcomes.** The new model is the base plus the weighted mean of the

@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use primia_crypto::{Ring, add_assign, fixed};
+use primia_crypto::{Ring, add_assign};
 use primia_protocol::{
     Event, Instant, MemberId, MessageKind, Outcome, Outgoing, Output, Phase, ProtocolError,
     RejectReason, Roster, RoundConfig, WireBytes,
@@ -66,15 +66,9 @@ impl PlainRound {
         self.outputs.push_back(Output::Event(e));
     }
 
-    /// Submits x_u as [`fixed::encode_update`] makes it.
-    pub fn submit_update(
-        &mut self,
-        now: Instant,
-        n_examples: u32,
-        delta: &[f32],
-    ) -> Result<(), ProtocolError> {
-        let mut x = Zeroizing::new(Vec::new());
-        fixed::encode_update(n_examples, delta, &mut x)?;
+    /// Submits x_u as [`primia_crypto::fixed::encode_update`] makes it.
+    pub fn submit_input(&mut self, now: Instant, input: Vec<Ring>) -> Result<(), ProtocolError> {
+        let x = Zeroizing::new(input);
         if x.len() != self.config.vector_len {
             return Err(ProtocolError::InputLength {
                 got: x.len(),

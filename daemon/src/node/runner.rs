@@ -84,15 +84,14 @@ impl Machine {
         }
     }
 
-    pub(crate) fn submit_update(
+    pub(crate) fn submit_input(
         &mut self,
         now: Instant,
-        n_examples: u32,
-        delta: &[f32],
+        input: Vec<primia_crypto::Ring>,
     ) -> Result<(), ProtocolError> {
         match self {
-            Self::Secure(r) => r.submit_update(now, n_examples, delta),
-            Self::Plain(r) => r.submit_update(now, n_examples, delta),
+            Self::Secure(r) => r.submit_input(now, input),
+            Self::Plain(r) => r.submit_input(now, input),
         }
     }
 

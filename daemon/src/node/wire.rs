@@ -221,7 +221,7 @@ impl Announcement {
 /// A gossip message of the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gossip<'a> {
-    /// A protocol control message.
+    /// A leader's control message for every member.
     Round(RoundFrame<'a>),
     /// A member holds a new model.
     Announce(Announcement),
@@ -230,7 +230,8 @@ pub enum Gossip<'a> {
 /// A request between members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// A bulk protocol message (a masked input, an outcome).
+    /// A protocol message for this member, or a bulk one (a masked input,
+    /// an outcome).
     Round(RoundFrame<'a>),
     /// "What is your latest model?"; layout `TAG_LATEST | VERSION`.
     Latest,
