@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod model;
 mod nets;
 pub mod optim;
+pub mod privacy;
 pub mod spec;
 pub mod train;
 
