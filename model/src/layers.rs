@@ -2,9 +2,9 @@
 //!
 //! This file is the single place where a network touches candle's
 //! convolution and normalisation kernels: [`Conv2d::forward`] and
-//! [`GroupNorm::forward`]. Faster kernels (custom candle ops) replace the
-//! bodies of those functions; parameter names, shapes and the training code
-//! stay as they are, so fingerprints and saved weights remain valid.
+//! [`GroupNorm::forward`]. On the CPU they run the custom ops of
+//! [`crate::kernels`]; parameter names, shapes and the training code stay
+//! as they are, so fingerprints and saved weights remain valid.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::error::Result;
+use crate::kernels;
 
 /// How a parameter starts out.
 #[derive(Debug, Clone, Copy)]
@@ -147,9 +148,13 @@ impl Conv2d {
         })
     }
 
-    /// NCHW in, NCHW out. Replace the body with a faster kernel here.
+    /// NCHW in, NCHW out: the custom kernel on the CPU, candle's own elsewhere.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let y = if x.device().is_cpu() {
+            kernels::conv2d(x, &self.weight, self.stride, self.padding)?
+        } else {
+            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
             None => y,
@@ -198,8 +203,24 @@ impl GroupNorm {
         })
     }
 
-    /// NCHW in, NCHW out. Replace the body with a fused kernel here.
+    /// NCHW in, NCHW out.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_relu(x, false)
+    }
+
+    /// NCHW in, NCHW out, followed by ReLU if `relu`: one fused kernel on
+    /// the CPU, candle's tensor ops elsewhere.
+    pub(crate) fn forward_relu(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return Ok(kernels::group_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.groups,
+                self.eps,
+                relu,
+            )?);
+        }
         let (b, c, h, w) = x.dims4()?;
         let per_group = (c / self.groups) * h * w;
         let g = x.reshape((b, self.groups, per_group))?;
@@ -208,9 +229,10 @@ impl GroupNorm {
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         let normed = normed.reshape((b, c, h, w))?;
-        Ok(normed
+        let y = normed
             .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
+            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?;
+        Ok(if relu { y.relu()? } else { y })
     }
 }
 
@@ -267,7 +289,7 @@ impl ConvNormRelu {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.norm.forward(&self.conv.forward(x)?)?.relu()?)
+        self.norm.forward_relu(&self.conv.forward(x)?, true)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod data;
 pub mod error;
 pub mod fit;
 pub mod imaging;
+pub mod kernels;
 mod layers;
 pub mod metrics;
 pub mod model;

@@ -1,0 +1,61 @@
+//! Training throughput (images per second) of one network, printed as plain lines for `scripts/bench-train.sh`.
+//!
+//! `cargo bench -p primia-model --bench train_throughput -- [cnn|resnet18] [steps] [repetitions]`.
+//! Synthetic phantom images at 28x28, batch 64 (16 for ResNet-18 unless
+//! `BENCH_BATCH` says otherwise), the default recipe (AdamW, balanced
+//! classes, gradient clipping) without augmentation, so that the figure
+//! measures the network's forward and backward passes and the optimiser,
+//! as the PyTorch script does. Each repetition prints
+//! `candle model=<name> batch=<b> img_s=<x>`.
+
+use std::time::Instant;
+
+use primia_model::data::phantom::phantom;
+use primia_model::{Architecture, Model, ModelSpec, TrainConfig, Trainer};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn main() {
+    // `cargo bench` passes `--bench`; everything else is ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let name = args.first().map(String::as_str).unwrap_or("cnn");
+    let arch = match name {
+        "cnn" => Architecture::CompactCnn,
+        "resnet18" => Architecture::ResNet18,
+        other => {
+            eprintln!("unknown model {other}; use cnn or resnet18");
+            std::process::exit(2);
+        }
+    };
+    let steps: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let batch: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let size = 28;
+    let data = phantom(batch * 8, size, 0.5, 1).expect("phantom data");
+    let mut model = Model::new(ModelSpec::new(arch, size, 2).expect("spec"), 1).expect("model");
+    let cfg = TrainConfig {
+        batch_size: batch,
+        augment: None,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(&model, &cfg).expect("trainer");
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    // Warm-up: first-touch allocations and caches.
+    trainer
+        .train_steps(&mut model, &data, 2, &mut rng, |_| {})
+        .expect("warm-up");
+    for _ in 0..reps {
+        let t = Instant::now();
+        let r = trainer
+            .train_steps(&mut model, &data, steps, &mut rng, |_| {})
+            .expect("training");
+        let img_s = r.images as f64 / t.elapsed().as_secs_f64();
+        println!("candle model={name} batch={batch} img_s={img_s:.1}");
+    }
+}

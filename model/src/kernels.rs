@@ -1,0 +1,793 @@
+//! Fast CPU training kernels as candle custom ops: 2-D convolution, group normalisation fused with ReLU, and 2x2 max-pooling.
+//!
+//! candle's stock CPU convolution computes its backward pass through a
+//! naive transposed convolution, and its group normalisation and
+//! max-pooling are chains of elementwise tensor ops that each allocate and
+//! sweep the whole activation. These ops do the same arithmetic in a few
+//! passes:
+//!
+//! - convolution forward is im2col followed by one matrix product per
+//!   image on the `gemm` crate (the kernels candle's own `matmul` uses);
+//!   the weight gradient is a second product per image, accumulated per
+//!   worker; the input gradient of a stride-1 convolution is the forward
+//!   kernel run on the output gradient with the flipped, transposed
+//!   weights (so no scatter), and of a strided one a product followed by
+//!   col2im;
+//! - group normalisation computes each group's statistics once, writes the
+//!   normalised, scaled, shifted and rectified output in one sweep, and
+//!   its backward pass yields the input, scale and shift gradients in two
+//!   sweeps;
+//! - 2x2 max-pooling sends each window's gradient to its first maximum,
+//!   as PyTorch does.
+//!
+//! Tensors are float32, NCHW, on the CPU. Work is split across images (or
+//! groups) on candle's own CPU worker pool, the one its elementwise ops
+//! use, so a training step never has two pools' threads competing for the
+//! cores (its size follows `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`,
+//! else the number of physical cores).
+//! The tests in `model/tests/kernels.rs` check outputs and gradients
+//! against candle's stock implementations.
+
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use candle_core::utils::barrier_pool;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, bail,
+};
+use gemm::{Parallelism, gemm};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// A contiguous float32 view of a storage, or an error naming the op.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => bail!("{op}: float32 tensors only"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: input is not contiguous"),
+    }
+}
+
+/// The float32 contents of a tensor, made contiguous, as a vector.
+///
+/// Used in backward passes, whose inputs (an output gradient that came
+/// through a broadcast, say) may have any layout.
+fn to_vec(t: &Tensor) -> CResult<Vec<f32>> {
+    if t.dtype() != DType::F32 {
+        bail!("float32 tensors only, got {:?}", t.dtype());
+    }
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Runs `f` with this thread's scratch buffer, grown to at least `len` floats.
+///
+/// im2col matrices are a few hundred kilobytes per image; keeping one per
+/// worker thread avoids an allocation (and its page faults) per image.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
+/// A buffer's base pointer, handed to the pool's workers, each of which
+/// writes its own disjoint part (see [`par_chunks`]).
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+
+// SAFETY: only used to give workers disjoint chunks of one buffer that is
+// mutably borrowed for the whole parallel call.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// A method rather than a field access, so closures capture the
+    /// whole (Sync) wrapper, not the raw pointer inside it.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Runs `f(i, a_i, b_i)` for every `i` in `0..n` on candle's worker pool,
+/// where `a_i` and `b_i` are the i-th chunks of `a` (length `ca`) and `b`
+/// (length `cb`, possibly 0).
+fn par_chunks2(
+    n: usize,
+    a: &mut [f32],
+    ca: usize,
+    b: &mut [f32],
+    cb: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    assert!(a.len() >= n * ca && b.len() >= n * cb);
+    let (pa, pb) = (SharedMut(a.as_mut_ptr()), SharedMut(b.as_mut_ptr()));
+    barrier_pool().execute_chunked(n, |range| {
+        for i in range {
+            // SAFETY: i < n, so both chunks lie inside their buffers (asserted
+            // above); the pool hands each i to exactly one worker, so no two
+            // live chunks overlap; `a` and `b` stay mutably borrowed until
+            // every worker is done.
+            let (ai, bi) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(pa.get().add(i * ca), ca),
+                    std::slice::from_raw_parts_mut(pb.get().add(i * cb), cb),
+                )
+            };
+            f(i, ai, bi);
+        }
+    });
+}
+
+/// Runs `f(i, chunk_i)` for the `out.len() / chunk` consecutive chunks of `out` on candle's worker pool.
+fn par_chunks(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if chunk == 0 {
+        return;
+    }
+    par_chunks2(out.len() / chunk, out, chunk, &mut [], 0, |i, c, _| f(i, c));
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`: dst row-major with
+/// row stride `dst_rs`, the operands with any row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * dst_rs + n);
+    if k > 0 {
+        assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+        assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    }
+    // SAFETY: the asserts above keep every access the described matrices
+    // make inside the slices; dst does not alias lhs or rhs (distinct borrows).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// Shapes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConvGeom {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    h_out: usize,
+    w_out: usize,
+}
+
+impl ConvGeom {
+    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> CResult<Self> {
+        let (&[n, c_in, h, wd], &[c_out, c_in_w, kh, kw]) = (x, w) else {
+            bail!("conv2d: input {x:?} and weight {w:?} must both be 4-D");
+        };
+        if c_in != c_in_w {
+            bail!("conv2d: input has {c_in} channels, weight expects {c_in_w}");
+        }
+        if stride == 0 || kh == 0 || kw == 0 {
+            bail!("conv2d: stride {stride} and kernel {kh}x{kw} must be positive");
+        }
+        if h + 2 * pad < kh || wd + 2 * pad < kw {
+            bail!("conv2d: kernel {kh}x{kw} larger than padded input {h}x{wd} (padding {pad})");
+        }
+        Ok(ConvGeom {
+            n,
+            c_in,
+            h,
+            w: wd,
+            c_out,
+            kh,
+            kw,
+            stride,
+            pad,
+            h_out: (h + 2 * pad - kh) / stride + 1,
+            w_out: (wd + 2 * pad - kw) / stride + 1,
+        })
+    }
+
+    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// Output pixels per channel.
+    fn p(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    fn in_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    fn out_len(&self) -> usize {
+        self.c_out * self.p()
+    }
+
+    /// A 1x1 stride-1 convolution without padding reads its input as is.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// For each output column `ox` in `0..w_out`, the input column it reads
+    /// at kernel column `kj`, as the range of `ox` that land inside the
+    /// image (stride 1 only): `ix = ox + kj - pad`.
+    fn valid_cols(&self, kj: usize) -> (usize, usize) {
+        let lo = self.pad.saturating_sub(kj).min(self.w_out);
+        let hi = (self.w + self.pad)
+            .saturating_sub(kj)
+            .min(self.w_out)
+            .max(lo);
+        (lo, hi)
+    }
+}
+
+/// Unfolds one image (`c_in x h x w`) into `cols` (`k x p`, row-major).
+fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
+    let p = g.p();
+    for c in 0..g.c_in {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                let (lo, hi) = g.valid_cols(kj);
+                for oy in 0..g.h_out {
+                    let dst = &mut cols[row + oy * g.w_out..row + (oy + 1) * g.w_out];
+                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if g.stride == 1 {
+                        dst[..lo].fill(0.0);
+                        dst[lo..hi].copy_from_slice(&src[lo + kj - g.pad..hi + kj - g.pad]);
+                        dst[hi..].fill(0.0);
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                            *d = if ix >= 0 && ix < g.w as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `cols` (`k x p`) back onto one image, adding overlapping entries: the adjoint of [`im2col`].
+fn col2im_add(g: &ConvGeom, cols: &[f32], x: &mut [f32]) {
+    let p = g.p();
+    for c in 0..g.c_in {
+        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                for oy in 0..g.h_out {
+                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &cols[row + oy * g.w_out..row + (oy + 1) * g.w_out];
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (ox, &v) in src.iter().enumerate() {
+                        let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolution forward on raw buffers: `y[n] = w * im2col(x[n])` for every image.
+fn conv_forward_raw(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; g.n * g.out_len()];
+    if g.out_len() == 0 {
+        return y;
+    }
+    let (k, p) = (g.k(), g.p());
+    par_chunks(&mut y, g.out_len(), |i, yi| {
+        let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+        if g.is_pointwise() {
+            matmul(g.c_out, p, k, yi, p, false, w, k, 1, xi, p, 1);
+        } else {
+            with_scratch(k * p, |cols| {
+                im2col(g, xi, cols);
+                matmul(g.c_out, p, k, yi, p, false, w, k, 1, cols, p, 1);
+            });
+        }
+    });
+    y
+}
+
+/// Weight gradient: `dw = sum_n dy[n] * im2col(x[n])^T`, accumulated per worker, then summed.
+fn conv_grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (k, p) = (g.k(), g.p());
+    let wlen = g.c_out * k;
+    if g.n == 0 || p == 0 {
+        return vec![0.0; wlen];
+    }
+    // Each run of images accumulates into its own buffer, added to the
+    // total at the end of the run.
+    let total = Mutex::new(vec![0.0f32; wlen]);
+    barrier_pool().execute_chunked(g.n, |range| {
+        let mut acc = vec![0.0f32; wlen];
+        for i in range {
+            let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+            let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
+            if g.is_pointwise() {
+                // cols^T[p][k] = x[k][p]
+                matmul(g.c_out, k, p, &mut acc, k, true, dyi, p, 1, xi, 1, p);
+            } else {
+                with_scratch(k * p, |cols| {
+                    im2col(g, xi, cols);
+                    matmul(g.c_out, k, p, &mut acc, k, true, dyi, p, 1, cols, 1, p);
+                });
+            }
+        }
+        let mut t = total.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter_mut().zip(&acc).for_each(|(a, b)| *a += b);
+    });
+    total.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Input gradient.
+///
+/// Stride 1 with padding below the kernel size: a forward convolution of
+/// `dy` (padded by `kernel - 1 - pad`) with the weights flipped in space
+/// and with input and output channels swapped. Otherwise
+/// `col2im(w^T * dy[n])` per image.
+fn conv_grad_input(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (k, p) = (g.k(), g.p());
+    if g.stride == 1 && g.pad < g.kh && g.pad < g.kw && g.kh == g.kw {
+        let (kh, kw) = (g.kh, g.kw);
+        let mut wt = vec![0.0f32; w.len()];
+        for co in 0..g.c_out {
+            for ci in 0..g.c_in {
+                for a in 0..kh {
+                    for b in 0..kw {
+                        wt[((ci * g.c_out + co) * kh + a) * kw + b] =
+                            w[((co * g.c_in + ci) * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
+                    }
+                }
+            }
+        }
+        let gt = ConvGeom {
+            n: g.n,
+            c_in: g.c_out,
+            h: g.h_out,
+            w: g.w_out,
+            c_out: g.c_in,
+            kh,
+            kw,
+            stride: 1,
+            pad: kh - 1 - g.pad,
+            h_out: g.h,
+            w_out: g.w,
+        };
+        debug_assert_eq!(gt.h_out, gt.h + 2 * gt.pad + 1 - kh);
+        return conv_forward_raw(&gt, dy, &wt);
+    }
+    let mut dx = vec![0.0f32; g.n * g.in_len()];
+    if g.in_len() == 0 {
+        return dx;
+    }
+    par_chunks(&mut dx, g.in_len(), |i, dxi| {
+        let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
+        with_scratch(k * p, |cols| {
+            // cols (k x p) = w^T (k x c_out) * dy_i (c_out x p)
+            matmul(k, p, g.c_out, cols, p, false, w, 1, k, dyi, p, 1);
+            col2im_add(g, cols, dxi);
+        });
+    });
+    dx
+}
+
+/// 2-D convolution without bias: NCHW input, (out, in, kh, kw) weights, square stride and zero padding.
+#[derive(Debug, Clone, Copy)]
+struct Conv2dOp {
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "primia-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let y = conv_forward_raw(&g, x, w);
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((g.n, g.c_out, g.h_out, g.w_out)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let dy = to_vec(grad)?;
+        let wv = to_vec(w)?;
+        // The first layer's input is the image batch: no gradient needed.
+        let dx = if x.track_op() {
+            let dx = conv_grad_input(&g, &wv, &dy);
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let xv = to_vec(x)?;
+            let dw = conv_grad_weight(&g, &xv, &dy);
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+fn check_cpu_f32(t: &Tensor, what: &str) -> CResult<()> {
+    if !matches!(t.device(), Device::Cpu) || t.dtype() != DType::F32 {
+        bail!(
+            "{what}: the fast kernels take float32 tensors on the CPU, got {:?} on {:?}",
+            t.dtype(),
+            t.device().location()
+        );
+    }
+    Ok(())
+}
+
+/// 2-D convolution (no bias) of NCHW `x` with `(c_out, c_in, k, k)` weights.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> CResult<Tensor> {
+    check_cpu_f32(x, "conv2d")?;
+    check_cpu_f32(weight, "conv2d")?;
+    x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        Conv2dOp {
+            stride,
+            pad: padding,
+        },
+    )
+}
+
+/// Mean and reciprocal standard deviation of a group, two-pass in float32 as candle's reference.
+fn group_stats(xs: &[f32], eps: f32) -> (f32, f32) {
+    let m = xs.len() as f32;
+    let mean = sum8(xs.iter().copied()) / m;
+    let var = sum8(xs.iter().map(|&v| (v - mean) * (v - mean))) / m;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// A float32 sum over eight interleaved accumulators (vectorisable, and
+/// more accurate than one running sum).
+fn sum8(it: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (i, v) in it.enumerate() {
+        acc[i & 7] += v;
+    }
+    acc.iter().sum()
+}
+
+/// Group normalisation over NCHW with per-channel scale and shift, optionally followed by ReLU.
+#[derive(Debug, Clone, Copy)]
+struct GroupNormOp {
+    groups: usize,
+    eps: f32,
+    relu: bool,
+}
+
+impl GroupNormOp {
+    /// (n, c, hw) of an NCHW shape, checked against the groups.
+    fn dims(&self, dims: &[usize]) -> CResult<(usize, usize, usize)> {
+        let &[n, c, h, w] = dims else {
+            bail!("group_norm: input {dims:?} must be 4-D");
+        };
+        if self.groups == 0 || !c.is_multiple_of(self.groups) {
+            bail!("group_norm: {c} channels in {} groups", self.groups);
+        }
+        Ok((n, c, h * w))
+    }
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "primia-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (n, c, hw) = self.dims(l1.dims())?;
+        let x = slice(s1, l1, self.name())?;
+        let gamma = slice(s2, l2, self.name())?;
+        let beta = slice(s3, l3, self.name())?;
+        if gamma.len() != c || beta.len() != c {
+            bail!(
+                "group_norm: {c} channels but {} scales and {} shifts",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let mut y = vec![0.0f32; n * c * hw];
+        let cpg = c / self.groups;
+        let glen = cpg * hw;
+        if glen > 0 {
+            par_chunks(&mut y, glen, |ng, yg| {
+                let xg = &x[ng * glen..(ng + 1) * glen];
+                let (mean, rstd) = group_stats(xg, self.eps);
+                let c0 = (ng % self.groups) * cpg;
+                for j in 0..cpg {
+                    let a = gamma[c0 + j] * rstd;
+                    let b = beta[c0 + j] - mean * a;
+                    let (xs, ys) = (&xg[j * hw..(j + 1) * hw], &mut yg[j * hw..(j + 1) * hw]);
+                    if self.relu {
+                        ys.iter_mut()
+                            .zip(xs)
+                            .for_each(|(o, &v)| *o = (v * a + b).max(0.0));
+                    } else {
+                        ys.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b);
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, hw) = self.dims(x.dims())?;
+        let xv = to_vec(x)?;
+        let gv = to_vec(gamma)?;
+        let dy = to_vec(grad)?;
+        let yv = if self.relu { to_vec(res)? } else { Vec::new() };
+        let cpg = c / self.groups;
+        let glen = cpg * hw;
+        let mut dx = vec![0.0f32; n * c * hw];
+        // Per group: the scale and shift gradients of its channels.
+        let mut dgb = vec![0.0f32; n * self.groups * 2 * cpg];
+        if glen > 0 {
+            par_chunks2(
+                n * self.groups,
+                &mut dx,
+                glen,
+                &mut dgb,
+                2 * cpg,
+                |ng, dxg, dgbg| {
+                    let off = ng * glen;
+                    let xg = &xv[off..off + glen];
+                    let dyg = &dy[off..off + glen];
+                    let (mean, rstd) = group_stats(xg, self.eps);
+                    let c0 = (ng % self.groups) * cpg;
+                    // Gradient after the ReLU mask, kept in dxg for the second sweep.
+                    if self.relu {
+                        let yg = &yv[off..off + glen];
+                        for ((d, &g), &y) in dxg.iter_mut().zip(dyg).zip(yg) {
+                            *d = if y > 0.0 { g } else { 0.0 };
+                        }
+                    } else {
+                        dxg.copy_from_slice(dyg);
+                    }
+                    // sum(dxhat) and sum(dxhat * xhat) over the group.
+                    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+                    for j in 0..cpg {
+                        let ds = &dxg[j * hw..(j + 1) * hw];
+                        let xs = &xg[j * hw..(j + 1) * hw];
+                        let sd = sum8(ds.iter().copied());
+                        let sdx = sum8(ds.iter().zip(xs).map(|(&d, &v)| d * (v - mean))) * rstd;
+                        dgbg[j] = sdx;
+                        dgbg[cpg + j] = sd;
+                        s1 += gv[c0 + j] * sd;
+                        s2 += gv[c0 + j] * sdx;
+                    }
+                    let m = glen as f32;
+                    let (k1, k2) = (s1 / m, s2 / m);
+                    for j in 0..cpg {
+                        let a = gv[c0 + j] * rstd;
+                        let xs = &xg[j * hw..(j + 1) * hw];
+                        for (d, &v) in dxg[j * hw..(j + 1) * hw].iter_mut().zip(xs) {
+                            let xhat = (v - mean) * rstd;
+                            *d = a * *d - rstd * (k1 + xhat * k2);
+                        }
+                    }
+                },
+            );
+        }
+        let mut dgamma = vec![0.0f32; c];
+        let mut dbeta = vec![0.0f32; c];
+        for (ng, part) in dgb.chunks(2 * cpg.max(1)).enumerate() {
+            let c0 = (ng % self.groups) * cpg;
+            for j in 0..cpg {
+                dgamma[c0 + j] += part[j];
+                dbeta[c0 + j] += part[cpg + j];
+            }
+        }
+        let dx = x
+            .track_op()
+            .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
+            .transpose()?;
+        let dgamma = gamma
+            .track_op()
+            .then(|| Tensor::from_vec(dgamma, gamma.shape(), gamma.device()))
+            .transpose()?;
+        let dbeta = beta
+            .track_op()
+            .then(|| Tensor::from_vec(dbeta, beta.shape(), beta.device()))
+            .transpose()?;
+        Ok((dx, dgamma, dbeta))
+    }
+}
+
+/// Group normalisation of NCHW `x` with per-channel `weight` and `bias`, then ReLU if `relu`.
+pub fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    relu: bool,
+) -> CResult<Tensor> {
+    for t in [x, weight, bias] {
+        check_cpu_f32(t, "group_norm")?;
+    }
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        GroupNormOp {
+            groups,
+            eps: eps as f32,
+            relu,
+        },
+    )
+}
+
+/// 2x2 max-pooling with stride 2 (odd trailing rows and columns dropped, as candle's).
+#[derive(Debug, Clone, Copy)]
+struct MaxPool2x2Op;
+
+impl CustomOp1 for MaxPool2x2Op {
+    fn name(&self) -> &'static str {
+        "primia-max-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = l.dims() else {
+            bail!("max_pool2x2: input {:?} must be 4-D", l.dims());
+        };
+        let x = slice(s, l, self.name())?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut y = vec![0.0f32; n * c * ho * wo];
+        if ho * wo > 0 {
+            par_chunks(&mut y, ho * wo, |i, yp| {
+                let xp = &x[i * h * w..(i + 1) * h * w];
+                for oy in 0..ho {
+                    let r0 = &xp[2 * oy * w..2 * oy * w + w];
+                    let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+                    for (ox, o) in yp[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
+                        *o = r0[2 * ox]
+                            .max(r0[2 * ox + 1])
+                            .max(r1[2 * ox].max(r1[2 * ox + 1]));
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let (n, c, h, w) = x.dims4()?;
+        let (ho, wo) = (h / 2, w / 2);
+        let xv = to_vec(x)?;
+        let dy = to_vec(grad)?;
+        let mut dx = vec![0.0f32; n * c * h * w];
+        if ho * wo > 0 {
+            par_chunks(&mut dx, h * w, |i, dxp| {
+                let xp = &xv[i * h * w..(i + 1) * h * w];
+                let dyp = &dy[i * ho * wo..(i + 1) * ho * wo];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        // First maximum in row-major window order.
+                        let cand = [
+                            2 * oy * w + 2 * ox,
+                            2 * oy * w + 2 * ox + 1,
+                            (2 * oy + 1) * w + 2 * ox,
+                            (2 * oy + 1) * w + 2 * ox + 1,
+                        ];
+                        let mut best = cand[0];
+                        for &i in &cand[1..] {
+                            if xp[i] > xp[best] {
+                                best = i;
+                            }
+                        }
+                        dxp[best] += dyp[oy * wo + ox];
+                    }
+                }
+            });
+        }
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// 2x2 max-pooling, stride 2, of NCHW `x`.
+pub fn max_pool2x2(x: &Tensor) -> CResult<Tensor> {
+    check_cpu_f32(x, "max_pool2x2")?;
+    x.contiguous()?.apply_op1(MaxPool2x2Op)
+}
