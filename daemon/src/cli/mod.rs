@@ -8,8 +8,10 @@ use clap::{Parser, Subcommand};
 
 pub mod inspect;
 pub mod keygen;
+pub mod privacy;
 pub mod roster;
 pub mod run;
+pub mod simulate;
 pub mod status;
 pub mod store_torture;
 pub mod train_local;
@@ -38,8 +40,13 @@ pub enum Command {
     Roster(roster::Args),
     /// Run this member's daemon: join the consortium and take part in rounds.
     Run(run::Args),
+    /// Run a whole consortium of real daemons on this machine: federated
+    /// training with secure aggregation, baselines and a report.
+    Simulate(simulate::Args),
     /// Ask the running daemon what it is doing (exit 3: none running).
     Status(status::Args),
+    /// Differential privacy: epsilon of a DP-SGD run, or the noise a budget needs.
+    Privacy(privacy::Args),
     /// Crash-safety exercise of the store, for tests only.
     #[command(name = "__store-torture", hide = true)]
     StoreTorture(store_torture::Args),
@@ -69,6 +76,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Roster(args) => roster::run(args),
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Privacy(args) => privacy::run(args),
         Command::StoreTorture(args) => store_torture::run(args),
     }
 }
