@@ -301,3 +301,54 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// All parameters are float32: the flat vector, the weight files and the
 /// fixed-point conversion for secure aggregation all assume it.
 pub(crate) const PARAM_DTYPE: DType = DType::F32;
+
+/// Read access to parameters and geometry, for per-example gradients
+/// (DP-SGD), which rebuild each layer's weight gradient example by example
+/// from its input and the gradient of its output.
+impl Conv2d {
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
+    }
+    pub(crate) fn padding(&self) -> usize {
+        self.padding
+    }
+}
+
+impl GroupNorm {
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+    pub(crate) fn groups(&self) -> usize {
+        self.groups
+    }
+    pub(crate) fn eps(&self) -> f64 {
+        self.eps
+    }
+}
+
+impl Linear {
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+}
+
+impl ConvNormRelu {
+    pub(crate) fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+    pub(crate) fn norm(&self) -> &GroupNorm {
+        &self.norm
+    }
+}

@@ -100,6 +100,11 @@ impl Model {
             .collect()
     }
 
+    /// The network itself (for the recording forward of per-example gradients).
+    pub(crate) fn net(&self) -> &Net {
+        &self.net
+    }
+
     /// The trainable variables in the fixed order (for optimisers).
     pub(crate) fn vars(&self) -> impl Iterator<Item = (&str, &Var)> {
         self.params.iter().map(|(n, v)| (n.as_str(), v))

@@ -4,6 +4,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::layers::{Conv2d, ConvNormRelu, GroupNorm, Linear, ParamBuilder, global_avg_pool};
+use crate::privacy::per_example::Tape;
 use crate::spec::{Architecture, ModelSpec};
 
 /// GroupNorm groups: up to 8 in the compact CNN (fewer in its 16-channel
@@ -225,6 +226,73 @@ impl BasicBlock {
             .forward(&self.conv2.forward(&self.conv1.forward(x)?)?)?;
         let shortcut = match &self.downsample {
             Some((conv, norm)) => norm.forward(&conv.forward(x)?)?,
+            None => x.clone(),
+        };
+        Ok((y + shortcut)?.relu()?)
+    }
+}
+
+// The recording forward of DP-SGD's per-example gradients: the same
+// computation as `forward`, but each parameterised layer goes through the
+// tape, which keeps its input and marks its output. It must compute exactly
+// what `forward` computes (tests compare outputs and gradients).
+impl Net {
+    pub(crate) fn forward_recorded<'a>(
+        &'a self,
+        x: &Tensor,
+        tape: &mut Tape<'a>,
+    ) -> Result<Tensor> {
+        match self {
+            Net::Cnn(n) => n.forward_recorded(x, tape),
+            Net::ResNet(n) => n.forward_recorded(x, tape),
+        }
+    }
+}
+
+impl CompactCnn {
+    fn forward_recorded<'a>(&'a self, x: &Tensor, tape: &mut Tape<'a>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for s in &self.stem {
+            x = tape.conv_norm_relu(s, &x)?;
+        }
+        for (b, convs) in self.blocks.iter().enumerate() {
+            if b > 0 {
+                x = x.max_pool2d(2)?;
+            }
+            for conv in convs {
+                x = tape.conv_norm_relu(conv, &x)?;
+            }
+        }
+        tape.linear(&self.head, &global_avg_pool(&x)?)
+    }
+}
+
+impl ResNet18 {
+    fn forward_recorded<'a>(&'a self, x: &Tensor, tape: &mut Tape<'a>) -> Result<Tensor> {
+        let mut x = tape.conv_norm_relu(&self.stem, x)?;
+        if self.stem_pool {
+            x = x
+                .pad_with_zeros(2, 1, 1)?
+                .pad_with_zeros(3, 1, 1)?
+                .max_pool2d_with_stride(3, 2)?;
+        }
+        for b in &self.layers {
+            x = b.forward_recorded(&x, tape)?;
+        }
+        tape.linear(&self.fc, &global_avg_pool(&x)?)
+    }
+}
+
+impl BasicBlock {
+    fn forward_recorded<'a>(&'a self, x: &Tensor, tape: &mut Tape<'a>) -> Result<Tensor> {
+        let h = tape.conv_norm_relu(&self.conv1, x)?;
+        let h = tape.conv(&self.conv2, &h)?;
+        let y = tape.norm(&self.norm2, &h, false)?;
+        let shortcut = match &self.downsample {
+            Some((conv, norm)) => {
+                let s = tape.conv(conv, x)?;
+                tape.norm(norm, &s, false)?
+            }
             None => x.clone(),
         };
         Ok((y + shortcut)?.relu()?)

@@ -335,7 +335,7 @@ fn clip_grads(
 }
 
 /// Refuses data that the model cannot take.
-fn check_fits(model: &Model, data: &Dataset) -> Result<()> {
+pub(crate) fn check_fits(model: &Model, data: &Dataset) -> Result<()> {
     let spec = model.spec();
     if data.is_empty() {
         return Err(ModelError::InvalidData("the data set is empty".into()));
