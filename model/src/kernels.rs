@@ -29,11 +29,11 @@
 //! against candle's stock implementations.
 
 use std::cell::RefCell;
-use std::sync::Mutex;
 
 use candle_core::utils::barrier_pool;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, bail,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
+    bail,
 };
 use gemm::{Parallelism, gemm};
 
@@ -51,15 +51,21 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
     }
 }
 
-/// The float32 contents of a tensor, made contiguous, as a vector.
-///
-/// Used in backward passes, whose inputs (an output gradient that came
-/// through a broadcast, say) may have any layout.
-fn to_vec(t: &Tensor) -> CResult<Vec<f32>> {
+/// A contiguous version of `t` (itself when it already is): backward
+/// passes get output gradients of any layout, e.g. through a broadcast.
+fn contiguous(t: &Tensor) -> CResult<Tensor> {
     if t.dtype() != DType::F32 {
         bail!("float32 tensors only, got {:?}", t.dtype());
     }
-    t.flatten_all()?.to_vec1::<f32>()
+    t.contiguous()
+}
+
+/// The float32 data behind a contiguous CPU tensor's storage guard.
+fn data<'a>(storage: &'a Storage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+    match storage {
+        Storage::Cpu(s) => slice(s, l, op),
+        _ => bail!("{op}: CPU tensors only"),
+    }
 }
 
 /// Runs `f` with this thread's scratch buffer, grown to at least `len` floats.
@@ -360,29 +366,39 @@ fn conv_grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if g.n == 0 || p == 0 {
         return vec![0.0; wlen];
     }
-    // Each run of images accumulates into its own buffer, added to the
-    // total at the end of the run.
-    let total = Mutex::new(vec![0.0f32; wlen]);
-    barrier_pool().execute_chunked(g.n, |range| {
-        let mut acc = vec![0.0f32; wlen];
-        for i in range {
+    // Each block of images accumulates into its own partial sum and the
+    // partials are added in block order: the result does not depend on
+    // which worker ran which block, so training stays bit-for-bit
+    // reproducible.
+    let blocks = g.n.div_ceil(GRAD_WEIGHT_BLOCK);
+    let mut partials = vec![0.0f32; blocks * wlen];
+    par_chunks(&mut partials, wlen, |blk, acc| {
+        let end = ((blk + 1) * GRAD_WEIGHT_BLOCK).min(g.n);
+        for i in blk * GRAD_WEIGHT_BLOCK..end {
             let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
             let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
             if g.is_pointwise() {
                 // cols^T[p][k] = x[k][p]
-                matmul(g.c_out, k, p, &mut acc, k, true, dyi, p, 1, xi, 1, p);
+                matmul(g.c_out, k, p, acc, k, true, dyi, p, 1, xi, 1, p);
             } else {
                 with_scratch(k * p, |cols| {
                     im2col(g, xi, cols);
-                    matmul(g.c_out, k, p, &mut acc, k, true, dyi, p, 1, cols, 1, p);
+                    matmul(g.c_out, k, p, acc, k, true, dyi, p, 1, cols, 1, p);
                 });
             }
         }
-        let mut t = total.lock().unwrap_or_else(|e| e.into_inner());
-        t.iter_mut().zip(&acc).for_each(|(a, b)| *a += b);
     });
-    total.into_inner().unwrap_or_else(|e| e.into_inner())
+    let (first, rest) = partials.split_at_mut(wlen);
+    for part in rest.chunks(wlen) {
+        first.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    partials.truncate(wlen);
+    partials
 }
+
+/// Images per partial sum of the weight gradient: enough work per block
+/// to amortise its buffer, few enough blocks to share among the workers.
+const GRAD_WEIGHT_BLOCK: usize = 4;
 
 /// Input gradient.
 ///
@@ -473,18 +489,22 @@ impl CustomOp2 for Conv2dOp {
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
-        let dy = to_vec(grad)?;
-        let wv = to_vec(w)?;
+        let name = self.name();
+        let (dyc, wc) = (contiguous(grad)?, contiguous(w)?);
+        let (dyg, dyl) = dyc.storage_and_layout();
+        let (wg, wl) = wc.storage_and_layout();
+        let (dy, wv) = (data(&dyg, dyl, name)?, data(&wg, wl, name)?);
         // The first layer's input is the image batch: no gradient needed.
         let dx = if x.track_op() {
-            let dx = conv_grad_input(&g, &wv, &dy);
+            let dx = conv_grad_input(&g, wv, dy);
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            let xv = to_vec(x)?;
-            let dw = conv_grad_weight(&g, &xv, &dy);
+            let xc = contiguous(x)?;
+            let (xg, xl) = xc.storage_and_layout();
+            let dw = conv_grad_weight(&g, data(&xg, xl, name)?, dy);
             Some(Tensor::from_vec(dw, w.shape(), w.device())?)
         } else {
             None
@@ -615,10 +635,21 @@ impl CustomOp3 for GroupNormOp {
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, hw) = self.dims(x.dims())?;
-        let xv = to_vec(x)?;
-        let gv = to_vec(gamma)?;
-        let dy = to_vec(grad)?;
-        let yv = if self.relu { to_vec(res)? } else { Vec::new() };
+        let name = self.name();
+        let (xc, gc, dyc, yc) = (
+            contiguous(x)?,
+            contiguous(gamma)?,
+            contiguous(grad)?,
+            contiguous(res)?,
+        );
+        let (xg, xl) = xc.storage_and_layout();
+        let (gg, gl) = gc.storage_and_layout();
+        let (dyg, dyl) = dyc.storage_and_layout();
+        let (yg, yl) = yc.storage_and_layout();
+        let xv = data(&xg, xl, name)?;
+        let gv = data(&gg, gl, name)?;
+        let dy = data(&dyg, dyl, name)?;
+        let yv = data(&yg, yl, name)?;
         let cpg = c / self.groups;
         let glen = cpg * hw;
         let mut dx = vec![0.0f32; n * c * hw];
@@ -755,8 +786,11 @@ impl CustomOp1 for MaxPool2x2Op {
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         let (n, c, h, w) = x.dims4()?;
         let (ho, wo) = (h / 2, w / 2);
-        let xv = to_vec(x)?;
-        let dy = to_vec(grad)?;
+        let name = self.name();
+        let (xc, dyc) = (contiguous(x)?, contiguous(grad)?);
+        let (xg, xl) = xc.storage_and_layout();
+        let (dyg, dyl) = dyc.storage_and_layout();
+        let (xv, dy) = (data(&xg, xl, name)?, data(&dyg, dyl, name)?);
         let mut dx = vec![0.0f32; n * c * h * w];
         if ho * wo > 0 {
             par_chunks(&mut dx, h * w, |i, dxp| {

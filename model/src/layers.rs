@@ -293,6 +293,21 @@ impl ConvNormRelu {
     }
 }
 
+/// 2x2 max-pooling with stride 2: the custom kernel on the CPU, candle's
+/// own elsewhere.
+///
+/// The kernel's gradient goes to each window's maximum, as in PyTorch;
+/// candle 0.11's `max_pool2d` backward scales it by the window's share of
+/// maxima (a quarter when there is no tie), which would weaken the
+/// gradient reaching the earlier stages.
+pub(crate) fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    Ok(if x.device().is_cpu() {
+        kernels::max_pool2x2(x)?
+    } else {
+        x.max_pool2d(2)?
+    })
+}
+
 /// Global average pooling: NCHW to NC.
 pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean((2, 3))?)

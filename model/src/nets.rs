@@ -3,7 +3,9 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::layers::{Conv2d, ConvNormRelu, GroupNorm, Linear, ParamBuilder, global_avg_pool};
+use crate::layers::{
+    Conv2d, ConvNormRelu, GroupNorm, Linear, ParamBuilder, global_avg_pool, max_pool2x2,
+};
 use crate::privacy::per_example::Tape;
 use crate::spec::{Architecture, ModelSpec};
 
@@ -106,7 +108,7 @@ impl CompactCnn {
         }
         for (b, convs) in self.blocks.iter().enumerate() {
             if b > 0 {
-                x = x.max_pool2d(2)?;
+                x = max_pool2x2(&x)?;
             }
             for conv in convs {
                 x = conv.forward(&x)?;
@@ -257,7 +259,7 @@ impl CompactCnn {
         }
         for (b, convs) in self.blocks.iter().enumerate() {
             if b > 0 {
-                x = x.max_pool2d(2)?;
+                x = max_pool2x2(&x)?;
             }
             for conv in convs {
                 x = tape.conv_norm_relu(conv, &x)?;
