@@ -106,7 +106,9 @@ pub struct Config {
     pub roster: PathBuf,
     /// This member's identity key file (see [`crate::identity`]).
     pub key: PathBuf,
-    /// The hospital's images. Needed when `training.mode` is `train`.
+    /// The hospital's images: a folder with one subfolder of DICOM, PNG or
+    /// JPEG files per class, or a MedMNIST-layout `.npz` file. Needed when
+    /// `training.mode` is `train`.
     pub data_dir: Option<PathBuf>,
     /// Where the daemon keeps its database and its control socket.
     pub storage_dir: PathBuf,
@@ -197,13 +199,25 @@ pub struct TrainingConfig {
     pub model: String,
     /// Side of the square input image in pixels. Default 28.
     pub input_size: usize,
-    /// Optimiser steps per round on local data. Default 50.
+    /// Optimiser steps per round on local data. Default 20.
     pub local_steps: u32,
     /// Images per step. Default 32.
     pub batch_size: u32,
-    /// Learning rate of local training. Default 0.001.
+    /// Learning rate of local training. Default 0.002.
     pub learning_rate: f64,
-    /// Seed of local shuffling and augmentation. Default 0.
+    /// Local optimiser: `adamw` (default) or `sgd` (momentum 0.9). Its
+    /// state (moments) stays with the member between rounds.
+    pub optimizer: String,
+    /// Weight decay on convolution and linear weights. Default 0.0005.
+    pub weight_decay: f64,
+    /// Random rotation, shift, zoom, brightness and contrast of training
+    /// images. Default true.
+    pub augment: bool,
+    /// Class weights in the loss: `balanced` (default: each class of the
+    /// member's own data counts equally) or `none`.
+    pub class_weights: String,
+    /// Seed of the initial model (the same at every member) and, mixed with
+    /// the member's name, of local shuffling and augmentation. Default 0.
     pub seed: u64,
     /// Length of the test vector in `test-vectors` mode. Default 100000.
     pub vector_len: usize,
@@ -215,9 +229,13 @@ impl Default for TrainingConfig {
             mode: TrainingMode::Train,
             model: "cnn".into(),
             input_size: 28,
-            local_steps: 50,
+            local_steps: 20,
             batch_size: 32,
-            learning_rate: 0.001,
+            learning_rate: 0.002,
+            optimizer: "adamw".into(),
+            weight_decay: 5e-4,
+            augment: true,
+            class_weights: "balanced".into(),
             seed: 0,
             vector_len: 100_000,
         }
@@ -276,7 +294,8 @@ const EXAMPLE: &str = r#"# primiad configuration. Relative paths are relative to
 roster = "roster.toml"
 # This member's identity key, written by `primiad keygen` (mode 0600).
 key = "identity.key"
-# The hospital's images (needed in training mode "train").
+# The hospital's images (needed in training mode "train"): a folder with one
+# subfolder of DICOM, PNG or JPEG files per class, or a MedMNIST .npz file.
 data_dir = "images"
 # The daemon's database and its control socket `control.sock`.
 storage_dir = "state"
@@ -308,13 +327,23 @@ mode = "train"
 model = "cnn"
 # Side of the square input image in pixels.
 input_size = 28
+# Everything in this section except `mode` must be the same at every member
+# (the daemons compare it when they connect and refuse to work together otherwise).
 # Optimiser steps per round on local data.
-local_steps = 50
+local_steps = 20
 # Images per step.
 batch_size = 32
 # Learning rate of local training.
-learning_rate = 0.001
-# Seed of local shuffling and augmentation.
+learning_rate = 0.002
+# Local optimiser: "adamw" or "sgd".
+optimizer = "adamw"
+# Weight decay on convolution and linear weights.
+weight_decay = 0.0005
+# Random rotation, shift, zoom, brightness and contrast of training images.
+augment = true
+# Class weights in the loss: "balanced" or "none".
+class_weights = "balanced"
+# Seed of the initial model (shared) and of local shuffling and augmentation.
 seed = 0
 # Length of the test vector in "test-vectors" mode.
 vector_len = 100000
@@ -422,6 +451,30 @@ impl Config {
                 format!("{} is not a positive number up to 10", t.learning_rate),
             ));
         }
+        if !matches!(t.optimizer.as_str(), "adamw" | "sgd") {
+            return Err(field(
+                "training.optimizer",
+                format!(
+                    "unknown optimizer {:?} (expected \"adamw\" or \"sgd\")",
+                    t.optimizer
+                ),
+            ));
+        }
+        if !(t.weight_decay.is_finite() && (0.0..1.0).contains(&t.weight_decay)) {
+            return Err(field(
+                "training.weight_decay",
+                format!("{} is not in [0, 1)", t.weight_decay),
+            ));
+        }
+        if !matches!(t.class_weights.as_str(), "balanced" | "none") {
+            return Err(field(
+                "training.class_weights",
+                format!(
+                    "unknown class weighting {:?} (expected \"balanced\" or \"none\")",
+                    t.class_weights
+                ),
+            ));
+        }
         if t.vector_len == 0 || t.vector_len > MAX_TEST_VECTOR_LEN {
             return Err(field(
                 "training.vector_len",
@@ -432,7 +485,7 @@ impl Config {
         if t.mode == TrainingMode::Train && data_dir.is_none() {
             return Err(field(
                 "data_dir",
-                "missing: training mode \"train\" needs the directory of the images".into(),
+                "missing: training mode \"train\" needs the images (a folder of class subfolders or a MedMNIST .npz file)".into(),
             ));
         }
 
@@ -561,6 +614,12 @@ pub struct RosterFile {
     pub consortium: String,
     /// `"majority"` or a number of members (more than half, at most all).
     pub threshold: toml::Value,
+    /// What members trust the round's leader to do: `"malicious"` (the
+    /// default: a leader may deviate from the protocol, so `2t > n + 1`,
+    /// and 3 members need all 3) or `"honest-but-curious"` (leaders follow
+    /// the protocol, so a strict majority will do: 2 of 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_trust: Option<String>,
     /// The members, in any order.
     #[serde(default, rename = "member")]
     pub members: Vec<RosterEntry>,
@@ -619,10 +678,27 @@ impl LoadedRoster {
         };
         let consortium = ConsortiumId::new(file.consortium.clone())
             .map_err(|e| field("consortium".into(), e.to_string()))?;
+        let honest_leader = match file.leader_trust.as_deref() {
+            None | Some("malicious") => false,
+            Some("honest-but-curious") => true,
+            Some(other) => {
+                return Err(field(
+                    "leader_trust".into(),
+                    format!("expected \"malicious\" or \"honest-but-curious\", found {other:?}"),
+                ));
+            }
+        };
         let threshold = match &file.threshold {
+            toml::Value::String(s) if s == "majority" && honest_leader => Threshold::HonestLeader(
+                (file.members.len() / 2 + 1).min(usize::from(u16::MAX)) as u16,
+            ),
             toml::Value::String(s) if s == "majority" => Threshold::Majority,
             toml::Value::Integer(n) => u16::try_from(*n)
-                .map(Threshold::AtLeast)
+                .map(if honest_leader {
+                    Threshold::HonestLeader
+                } else {
+                    Threshold::AtLeast
+                })
                 .map_err(|_| field("threshold".into(), format!("{n} is not a member count")))?,
             other => {
                 return Err(field(

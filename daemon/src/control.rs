@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, watch};
 
-use crate::store::{JournalEntry, ModelHash, PrivacySpent};
+use crate::store::{JournalEntry, MetricsEntry, ModelHash, PrivacySpent};
 
 /// The socket's file name in the storage directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -150,6 +150,10 @@ pub struct StatusSnapshot {
     pub latest_model: Option<ModelStatus>,
     /// The last attempts, newest first (the store's journal entries).
     pub recent_attempts: Vec<JournalEntry>,
+    /// This member's latest metrics, newest first: each model measured on
+    /// the member's own validation data (`val_loss`, `val_acc`, `val_auc`,
+    /// ...) under the round that made it. Empty with test vectors.
+    pub metrics: Vec<MetricsEntry>,
     /// Privacy budget spent so far.
     pub privacy_spent: PrivacySpent,
     /// The storage directory.

@@ -1,5 +1,6 @@
 //! The primia daemon as a library: CLI commands, configuration, the libp2p
-//! network, durable storage, the local control socket and the round driver.
+//! network, durable storage, the local control socket, the round driver and
+//! the whole-consortium simulator.
 
 pub mod cli;
 pub mod config;
@@ -7,4 +8,5 @@ pub mod control;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod sim;
 pub mod store;

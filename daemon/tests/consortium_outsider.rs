@@ -135,7 +135,7 @@ async fn a_stranger_cannot_connect_fetch_or_inject() {
         !answered(&mut x, peer, &addr, model).await,
         "the stranger got a model"
     );
-    let latest = wire::encode_request(&Request::Latest);
+    let latest = wire::encode_request(&Request::Latest(""));
     assert!(
         !answered(&mut x, peer, &addr, latest).await,
         "the stranger got an answer"

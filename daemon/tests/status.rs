@@ -11,7 +11,9 @@ use primiad::control::{
     ControlServer, MAX_REQUEST_BYTES, ModelStatus, RoundStatus, SNAPSHOT_VERSION, StatusSnapshot,
     query_status,
 };
-use primiad::store::{AttemptOutcome, JournalEntry, ModelHash, PhaseTiming, PrivacySpent};
+use primiad::store::{
+    AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, PhaseTiming, PrivacySpent,
+};
 use tokio::sync::{oneshot, watch};
 
 fn snapshot(storage: &Path) -> StatusSnapshot {
@@ -74,6 +76,16 @@ fn snapshot(storage: &Path) -> StatusSnapshot {
                 model: Some(ModelHash::of(b"round 11 model")),
             },
         ],
+        metrics: vec![MetricsEntry {
+            round: 11,
+            recorded_unix_ms: 1_700_000_000_000,
+            values: [
+                ("val_auc".to_string(), 0.9321),
+                ("val_loss".to_string(), 0.25),
+            ]
+            .into_iter()
+            .collect(),
+        }],
         privacy_spent: PrivacySpent {
             epsilon: 2.5,
             delta: 1e-5,
@@ -166,6 +178,7 @@ fn status_prints_summary_and_json_of_the_running_daemon() {
         &ModelHash::of(b"round 11 model").to_hex(),
         "from round 11, 1000000 parameters, made 2023-11-14 22:13:20 UTC",
         "epsilon 2.5",
+        "metrics     model of round 11 on local validation data: val_auc 0.9321, val_loss 0.2500",
         &format!("storage     {d}"),
         "round 12 attempt 0: failed: leader silent in share-keys, leader gamma, 0 participants, 1 dropouts, 30.0 s",
         "dropped: gamma",
@@ -194,6 +207,8 @@ fn status_prints_summary_and_json_of_the_running_daemon() {
     assert_eq!(json["recent_attempts"][0]["outcome"]["status"], "failed");
     assert_eq!(json["recent_attempts"][1]["outcome"]["status"], "completed");
     assert_eq!(json["missing"][0], "gamma");
+    assert_eq!(json["metrics"][0]["round"], 11);
+    assert_eq!(json["metrics"][0]["values"]["val_auc"], 0.9321);
     let mut keys: Vec<&str> = json
         .as_object()
         .unwrap()
@@ -208,6 +223,7 @@ fn status_prints_summary_and_json_of_the_running_daemon() {
             "consortium",
             "latest_model",
             "members",
+            "metrics",
             "missing",
             "name",
             "peer_id",

@@ -132,6 +132,13 @@ pub enum Threshold {
     Majority,
     /// Exactly this many; rejected unless `n + 1 < 2t` and `t <= n`.
     AtLeast(u16),
+    /// Exactly this many under a weaker trust assumption, stated by the
+    /// consortium: every leader follows the protocol (it may still try to
+    /// learn from what it sees, "honest but curious"). The attack above
+    /// needs a leader that deviates, so only a strict majority, `2t > n`, is
+    /// required: 2 of 3 members, where the rule above needs all 3 and a
+    /// round cannot survive one member going down.
+    HonestLeader(u16),
 }
 
 impl Threshold {
@@ -140,6 +147,17 @@ impl Threshold {
         let t = match self {
             Threshold::Majority => n.div_ceil(2) + 1,
             Threshold::AtLeast(t) => usize::from(t),
+            Threshold::HonestLeader(t) => {
+                let t = usize::from(t);
+                if 2 * t <= n || t > n || t < 2 {
+                    return Err(ProtocolError::InvalidRoster {
+                        reason: format!(
+                            "threshold {t} for {n} members with honest-but-curious leaders: need 2t > n, t <= n and t >= 2"
+                        ),
+                    });
+                }
+                return Ok(t as u16);
+            }
         };
         if 2 * t <= n + 1 || t > n || t < 2 {
             return Err(ProtocolError::InvalidRoster {

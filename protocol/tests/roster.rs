@@ -41,6 +41,25 @@ fn threshold_rule_needs_more_than_half_plus_the_leader() {
 }
 
 #[test]
+fn honest_leaders_need_only_a_strict_majority() {
+    let t = |n, rule| roster(n, rule).map(|r| r.threshold());
+    assert_eq!(t(3, Threshold::HonestLeader(2)).unwrap(), 2);
+    assert_eq!(t(5, Threshold::HonestLeader(3)).unwrap(), 3);
+    assert!(
+        t(4, Threshold::HonestLeader(2)).is_err(),
+        "2 of 4 is no majority"
+    );
+    assert!(t(3, Threshold::HonestLeader(1)).is_err());
+    assert!(t(3, Threshold::HonestLeader(4)).is_err());
+    assert_eq!(
+        roster(3, Threshold::HonestLeader(2))
+            .unwrap()
+            .threshold_rule(),
+        Threshold::HonestLeader(2)
+    );
+}
+
+#[test]
 fn bad_rosters_are_refused_with_a_reason() {
     let err = |r: Result<Roster, ProtocolError>| r.unwrap_err().to_string();
     assert!(err(roster(1, Threshold::Majority)).contains("1 members"));

@@ -142,6 +142,24 @@ pub fn render(s: &StatusSnapshot, now_ms: u64) -> String {
         "privacy     epsilon {} (delta {})",
         s.privacy_spent.epsilon, s.privacy_spent.delta
     );
+    match s.metrics.first() {
+        Some(m) => {
+            let values: Vec<String> = m
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            let _ = writeln!(
+                w,
+                "metrics     model of round {} on local validation data: {}",
+                m.round,
+                values.join(", ")
+            );
+        }
+        None => {
+            let _ = writeln!(w, "metrics     none yet");
+        }
+    }
     let _ = writeln!(w, "storage     {}", s.storage_dir);
     let _ = writeln!(
         w,

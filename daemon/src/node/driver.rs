@@ -27,7 +27,8 @@ use crate::control::{ModelStatus, RoundStatus, SNAPSHOT_VERSION, StatusSnapshot,
 use crate::identity::NodeIdentity;
 use crate::net::{NetEvent, NetworkClient, ResponseHandle};
 use crate::store::{
-    AttemptOutcome, JournalEntry, ModelHash, ModelMeta, PhaseTiming, Store, now_unix_ms,
+    AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, Store,
+    now_unix_ms,
 };
 
 /// Journal entries kept in the status.
@@ -54,11 +55,19 @@ enum Internal {
         round: u64,
         source: Box<dyn UpdateSource>,
         result: anyhow::Result<Input>,
+        /// The source's metrics of the base model (of round `round - 1`).
+        metrics: BTreeMap<String, f64>,
+    },
+    /// The update source measured the final model.
+    Evaluated {
+        round: u64,
+        source: Box<dyn UpdateSource>,
+        metrics: BTreeMap<String, f64>,
     },
     /// A member answered "what is your latest model?".
     Latest {
         from: MemberId,
-        result: Result<Announcement, String>,
+        result: Result<Announcement, LatestError>,
     },
     /// A model fetch ended.
     Fetched {
@@ -66,6 +75,17 @@ enum Internal {
         result: Result<Vec<u8>, String>,
     },
 }
+
+/// Why a member's latest model was not learned.
+enum LatestError {
+    /// It refused because its settings differ; its settings line.
+    Settings(String),
+    /// Anything else (a transport error, a bad answer).
+    Other(String),
+}
+
+/// Recent metrics kept for the status.
+const RECENT_METRICS: usize = 10;
 
 /// What the driver is doing between rounds.
 enum Stage {
@@ -203,6 +223,12 @@ pub(super) struct Driver {
     gate: Option<watch::Receiver<u64>>,
     /// Messages dropped because their base model differs from ours.
     base_mismatches: u64,
+    /// The update source's settings line (see [`UpdateSource::settings`]).
+    settings: String,
+    /// The newest metrics of this member, newest first.
+    metrics: VecDeque<MetricsEntry>,
+    /// The last model the source measured, so it is measured once.
+    evaluated: Option<u64>,
 }
 
 /// Runs blocking store work off the event loop's thread.
@@ -225,6 +251,7 @@ impl Driver {
         hooks: Hooks,
     ) -> anyhow::Result<(Self, watch::Receiver<StatusSnapshot>)> {
         let parameters = source.parameter_count();
+        let settings = source.settings();
         let vector_len = parameters + 1;
         if vector_len > primia_protocol::wire::MAX_VECTOR_LEN {
             anyhow::bail!(
@@ -239,6 +266,10 @@ impl Driver {
         let recent = {
             let store = Arc::clone(&store);
             blocking(move || store.recent_attempts(RECENT_ATTEMPTS)).await??
+        };
+        let metrics = {
+            let store = Arc::clone(&store);
+            blocking(move || store.metrics_history(RECENT_METRICS)).await??
         };
         let protocol_roster = Arc::new(roster.roster.clone());
         let announcement = Announcement::sign(
@@ -265,6 +296,7 @@ impl Driver {
             round: None,
             latest_model: None,
             recent_attempts: Vec::new(),
+            metrics: Vec::new(),
             privacy_spent: Default::default(),
             storage_dir: config.storage_dir.display().to_string(),
             started_unix_ms,
@@ -317,6 +349,9 @@ impl Driver {
             gate_open: if hooks.gate.is_some() { 0 } else { u64::MAX },
             gate: hooks.gate,
             base_mismatches: 0,
+            settings,
+            metrics: metrics.into_iter().rev().collect(),
+            evaluated: None,
             config,
         };
         let target = driver.config.round.rounds;
@@ -459,9 +494,10 @@ impl Driver {
         }
     }
 
-    /// Starts the pending round once its pause is over and enough members
-    /// are reachable: all of them, or at least t after one more collection
-    /// window of waiting for the rest.
+    /// Starts the pending round once its pause is over, this member's
+    /// update is ready (or one collection window has passed), and enough
+    /// members are reachable: all of them, or at least t after one more
+    /// collection window of waiting for the rest.
     async fn try_start(&mut self) -> anyhow::Result<()> {
         let Stage::Pause {
             round,
@@ -485,9 +521,16 @@ impl Driver {
         if now < until || round > self.gate_open {
             return Ok(());
         }
+        let waited = now >= until + Duration::from_millis(self.config.round.collect_ms);
+        // Still training for this round: start once the update is ready, so
+        // that the round's deadlines are not spent on training, but no later
+        // than one collection window after the pause.
+        let training = self.source.is_none() && self.prepared.is_none();
+        if training && !waited {
+            return Ok(());
+        }
         let reachable = self.subscribed.len() + 1;
         let everyone = reachable == self.protocol_roster.len();
-        let waited = now >= until + Duration::from_millis(self.config.round.collect_ms);
         if everyone || (waited && reachable >= self.protocol_roster.threshold()) {
             self.start_round(round, retry).await?;
         }
@@ -572,6 +615,7 @@ impl Driver {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let job = tokio::task::spawn_blocking(move || {
+                let metrics = measure(&mut source, &base);
                 let result = source.update(round, &base).and_then(|update| {
                     // Encoded here too: the round only adds masks to it.
                     let mut x = Zeroizing::new(Vec::new());
@@ -579,15 +623,16 @@ impl Driver {
                         .context("the update cannot be encoded")?;
                     Ok(Input(x))
                 });
-                (source, result)
+                (source, result, metrics)
             });
             match job.await {
-                Ok((source, result)) => {
+                Ok((source, result, metrics)) => {
                     let _ = tx
                         .send(Internal::UpdateReady {
                             round,
                             source,
                             result,
+                            metrics,
                         })
                         .await;
                 }
@@ -597,6 +642,75 @@ impl Driver {
                 Err(e) => error!(error = %e, "the update source panicked"),
             }
         });
+    }
+
+    /// Has the update source measure the final model once, when the
+    /// configured rounds are done.
+    fn evaluate_final(&mut self) {
+        if !matches!(self.stage, Stage::Done { .. }) || self.evaluated == Some(self.model.round) {
+            return;
+        }
+        let Some(mut source) = self.source.take() else {
+            // Busy; asked again when it returns.
+            return;
+        };
+        self.evaluated = Some(self.model.round);
+        let model = Arc::clone(&self.model);
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let job = tokio::task::spawn_blocking(move || {
+                let metrics = measure(&mut source, &model);
+                (source, model.round, metrics)
+            });
+            match job.await {
+                Ok((source, round, metrics)) => {
+                    let _ = tx
+                        .send(Internal::Evaluated {
+                            round,
+                            source,
+                            metrics,
+                        })
+                        .await;
+                }
+                Err(e) => error!(error = %e, "the update source panicked"),
+            }
+        });
+    }
+
+    /// Stores metrics of the model of `round` and shows them in the status.
+    async fn record_metrics(
+        &mut self,
+        round: u64,
+        values: BTreeMap<String, f64>,
+    ) -> anyhow::Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let entry = MetricsEntry {
+            round,
+            recorded_unix_ms: now_unix_ms(),
+            values,
+        };
+        info!(
+            round,
+            metrics = %entry
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.4}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "model measured on local validation data"
+        );
+        let store = Arc::clone(&self.store);
+        let stored = entry.clone();
+        blocking(move || store.record_metrics(&stored))
+            .await?
+            .context("cannot store metrics")?;
+        self.metrics.retain(|m| m.round != round);
+        self.metrics.push_front(entry);
+        self.metrics.truncate(RECENT_METRICS);
+        self.dirty = true;
+        Ok(())
     }
 
     /// Hands the running round this member's update, or notes that there
@@ -924,6 +1038,7 @@ impl Driver {
                 phases: log.phases.clone(),
                 participants: outcome.participants.clone(),
                 model: hash,
+                params: Arc::clone(&self.model),
             };
             let _ = reports.try_send(report);
         }
@@ -951,6 +1066,7 @@ impl Driver {
         if let Stage::Pause { .. } = self.stage {
             self.prepare_update();
         }
+        self.evaluate_final();
     }
 
     /// Stores a model blob and makes it current, durably.
@@ -1131,7 +1247,20 @@ impl Driver {
                     self.on_frame(from, meta, Envelope::Owned(payload)).await?;
                 }
             }
-            Ok(Request::Latest) => answer(reply, Response::Latest(self.announcement)),
+            Ok(Request::Latest(theirs)) => {
+                if theirs == self.settings {
+                    answer(reply, Response::Latest(self.announcement));
+                } else {
+                    warn!(
+                        member = %self.name_of(from),
+                        theirs,
+                        ours = %self.settings,
+                        "member uses other settings: refused"
+                    );
+                    let reason = format!("{}{}", wire::SETTINGS_DIFFER, self.settings);
+                    answer(reply, Response::Refused(&reason));
+                }
+            }
             Ok(Request::Model(hash)) => {
                 let store = Arc::clone(&self.store);
                 tokio::spawn(async move {
@@ -1254,15 +1383,19 @@ impl Driver {
         let peer = self.roster.peer_ids[member.index()];
         let net = self.net.clone();
         let tx = self.internal_tx.clone();
+        let request = wire::encode_request(&Request::Latest(&self.settings));
         tokio::spawn(async move {
-            let request = wire::encode_request(&Request::Latest);
             let result = match net.request(peer, request).await {
                 Ok(resp) => match wire::decode_response(&resp) {
                     Ok(Response::Latest(a)) => Ok(a),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e.to_string()),
+                    Ok(Response::Refused(r)) => match r.strip_prefix(wire::SETTINGS_DIFFER) {
+                        Some(theirs) => Err(LatestError::Settings(theirs.to_owned())),
+                        None => Err(LatestError::Other(format!("refused: {r}"))),
+                    },
+                    Ok(other) => Err(LatestError::Other(format!("unexpected answer {other:?}"))),
+                    Err(e) => Err(LatestError::Other(e.to_string())),
                 },
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(LatestError::Other(e.to_string())),
             };
             let _ = tx
                 .send(Internal::Latest {
@@ -1350,8 +1483,11 @@ impl Driver {
                 round,
                 source,
                 result,
+                metrics,
             } => {
                 self.source = Some(source);
+                self.record_metrics(round - 1, metrics).await?;
+                self.evaluate_final();
                 if round != self.model.round + 1 {
                     // Made from a model this member has since left behind.
                     self.prepare_update();
@@ -1364,9 +1500,28 @@ impl Driver {
                     self.prepared = Some((round, result));
                 }
             }
+            Internal::Evaluated {
+                round,
+                source,
+                metrics,
+            } => {
+                self.source = Some(source);
+                self.record_metrics(round, metrics).await?;
+            }
             Internal::Latest { from, result } => match result {
                 Ok(a) => self.on_announcement(from, a),
-                Err(e) => {
+                Err(LatestError::Settings(theirs)) => {
+                    anyhow::bail!(
+                        "member {} uses other settings than this member, and every member must use the same \
+                         (the [training] section of the config, except mode, and the data's classes):\n  \
+                         {}: {theirs}\n  {} (this member): {}",
+                        self.name_of(from),
+                        self.name_of(from),
+                        self.name,
+                        self.settings
+                    );
+                }
+                Err(LatestError::Other(e)) => {
                     debug!(member = %self.name_of(from), error = %e, "latest model not learned")
                 }
             },
@@ -1499,6 +1654,7 @@ impl Driver {
                 parameter_count: self.parameters as u64,
             }),
             recent_attempts: self.recent.iter().cloned().collect(),
+            metrics: self.metrics.iter().cloned().collect(),
             privacy_spent: Default::default(),
             storage_dir: self.config.storage_dir.display().to_string(),
             started_unix_ms: self.started_unix_ms,
@@ -1553,6 +1709,18 @@ async fn sleep_until(deadline: Option<TokioInstant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// The source's metrics of `model`; a failure is logged, not fatal.
+fn measure(source: &mut Box<dyn UpdateSource>, model: &GlobalModel) -> BTreeMap<String, f64> {
+    source.evaluate(model).unwrap_or_else(|e| {
+        warn!(
+            round = model.round,
+            error = format!("{e:#}"),
+            "cannot measure the model"
+        );
+        BTreeMap::new()
+    })
 }
 
 /// The current model from the store, or the source's initial model stored

@@ -37,6 +37,7 @@ pub mod model;
 pub mod plain;
 mod runner;
 pub mod source;
+pub mod train;
 pub mod wire;
 
 use std::future::Future;
@@ -57,6 +58,7 @@ use crate::store::{ModelHash, Store};
 
 pub use model::GlobalModel;
 pub use source::{TestVectors, Update, UpdateSource, test_examples, test_vector};
+pub use train::LocalTraining;
 
 /// What a member reports when a round ends here, for benches and tests.
 #[derive(Clone, Debug)]
@@ -85,6 +87,8 @@ pub struct RoundReport {
     pub participants: Vec<MemberId>,
     /// The new model.
     pub model: ModelHash,
+    /// Its parameters.
+    pub params: Arc<GlobalModel>,
 }
 
 /// Ways to run a node other than from its config alone.
@@ -149,10 +153,21 @@ pub async fn run_with(
                 config.training.vector_len,
                 None,
             )) as Box<dyn UpdateSource>,
-            TrainingMode::Train => anyhow::bail!(
-                "config {}: training mode \"train\" is not available in this build yet; use mode \"test-vectors\"",
-                config.path.display()
-            ),
+            TrainingMode::Train => {
+                let data = config
+                    .data_dir
+                    .clone()
+                    .context("training mode \"train\" needs data_dir")?;
+                let training = config.training.clone();
+                let member = name.clone();
+                let source = tokio::task::spawn_blocking(move || {
+                    LocalTraining::load(&data, &training, &member)
+                })
+                .await
+                .context("data loading task failed")?
+                .with_context(|| format!("config {}", config.path.display()))?;
+                Box::new(source) as Box<dyn UpdateSource>
+            }
         },
     };
     let storage_dir = config.storage_dir.clone();

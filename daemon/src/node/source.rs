@@ -3,6 +3,8 @@
 //! that lets a consortium be checked against the plain mean without any
 //! training.
 
+use std::collections::BTreeMap;
+
 use zeroize::Zeroizing;
 
 use super::model::GlobalModel;
@@ -41,6 +43,21 @@ pub trait UpdateSource: Send + 'static {
     /// Number of model parameters; the same at every member.
     fn parameter_count(&self) -> usize;
 
+    /// Everything about this source that must be the same at every member
+    /// for their updates to be combined (architecture and its fingerprint,
+    /// training hyperparameters), as one line of text. Members compare it
+    /// when they connect and refuse to work with a member whose line
+    /// differs, showing both.
+    fn settings(&self) -> String {
+        format!("parameters={}", self.parameter_count())
+    }
+
+    /// Measures `model` on this member's own validation data, for its
+    /// metrics history. Nothing by default.
+    fn evaluate(&mut self, _model: &GlobalModel) -> anyhow::Result<BTreeMap<String, f64>> {
+        Ok(BTreeMap::new())
+    }
+
     /// The model of round 0, from which the consortium starts. Every member
     /// must produce the same one (from shared settings, never from local
     /// data): its hash is what the first round agrees on.
@@ -76,6 +93,10 @@ impl TestVectors {
 impl UpdateSource for TestVectors {
     fn parameter_count(&self) -> usize {
         self.parameters
+    }
+
+    fn settings(&self) -> String {
+        format!("test-vectors vector_len={}", self.parameters)
     }
 
     fn initial_model(&mut self) -> anyhow::Result<Vec<f32>> {

@@ -45,8 +45,15 @@ const RESP_MODEL: u8 = 0x82;
 const RESP_NOT_FOUND: u8 = 0x83;
 const RESP_REFUSED: u8 = 0x84;
 
-/// Longest reason in a refusal, in bytes.
-pub const MAX_REFUSAL_BYTES: usize = 256;
+/// Longest reason in a refusal, in bytes: room for a member's settings line.
+pub const MAX_REFUSAL_BYTES: usize = 512;
+
+/// Longest settings line in a latest-model request, in bytes.
+pub const MAX_SETTINGS_BYTES: usize = 512;
+
+/// How a refusal because of different settings starts; the responder's own
+/// settings line follows.
+pub const SETTINGS_DIFFER: &str = "settings differ: ";
 
 /// What was wrong with a driver message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,8 +240,11 @@ pub enum Request<'a> {
     /// A protocol message for this member, or a bulk one (a masked input,
     /// an outcome).
     Round(RoundFrame<'a>),
-    /// "What is your latest model?"; layout `TAG_LATEST | VERSION`.
-    Latest,
+    /// "What is your latest model? These are my settings"; layout
+    /// `settings (UTF-8, at most MAX_SETTINGS_BYTES) | TAG_LATEST | VERSION`.
+    /// The answer is a refusal starting with [`SETTINGS_DIFFER`] when the
+    /// responder's settings line differs.
+    Latest(&'a str),
     /// "Send me this model"; layout `hash [32] | TAG_MODEL | VERSION`.
     Model(ModelHash),
 }
@@ -283,8 +293,16 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, WireError> {
     match tag {
         TAG_ROUND => decode_round(body).map(Request::Round),
         TAG_LATEST => {
-            Reader::new(body, "latest-model request").finish()?;
-            Ok(Request::Latest)
+            let bad = WireError::Field {
+                what: "latest-model request",
+                field: "settings",
+            };
+            if body.len() > MAX_SETTINGS_BYTES {
+                return Err(bad);
+            }
+            std::str::from_utf8(body)
+                .map(Request::Latest)
+                .map_err(|_| bad)
         }
         TAG_MODEL => {
             let mut r = Reader::new(body, "model request");
@@ -300,7 +318,15 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, WireError> {
 pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
     match req {
         Request::Round(f) => f.encode(),
-        Request::Latest => vec![TAG_LATEST, VERSION],
+        Request::Latest(settings) => {
+            let mut end = settings.len().min(MAX_SETTINGS_BYTES);
+            while !settings.is_char_boundary(end) {
+                end -= 1;
+            }
+            let mut out = settings.as_bytes()[..end].to_vec();
+            out.extend_from_slice(&[TAG_LATEST, VERSION]);
+            out
+        }
         Request::Model(hash) => {
             let mut out = hash.0.to_vec();
             out.extend_from_slice(&[TAG_MODEL, VERSION]);
@@ -539,8 +565,16 @@ mod tests {
 
     #[test]
     fn requests_and_responses_roundtrip() {
-        assert_eq!(encode_request(&Request::Latest), [TAG_LATEST, VERSION]);
-        for req in [Request::Latest, Request::Model(hash(3))] {
+        assert_eq!(encode_request(&Request::Latest("")), [TAG_LATEST, VERSION]);
+        assert_eq!(
+            encode_request(&Request::Latest("a")),
+            [b'a', TAG_LATEST, VERSION]
+        );
+        for req in [
+            Request::Latest(""),
+            Request::Latest("cnn steps=3"),
+            Request::Model(hash(3)),
+        ] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }
         for resp in [
@@ -583,9 +617,12 @@ mod tests {
             Err(WireError::Truncated { .. })
         ));
         assert!(matches!(
-            decode_request(&[0, TAG_LATEST, VERSION]),
-            Err(WireError::Trailing { .. })
+            decode_request(&[0xff, TAG_LATEST, VERSION]),
+            Err(WireError::Field { .. })
         ));
+        let mut long = vec![b'a'; MAX_SETTINGS_BYTES + 1];
+        long.extend_from_slice(&[TAG_LATEST, VERSION]);
+        assert!(decode_request(&long).is_err());
         assert!(matches!(
             decode_request(&[0, TAG_MODEL, VERSION]),
             Err(WireError::Truncated { .. })

@@ -1,0 +1,224 @@
+//! [`LocalTraining`]: the update source of a hospital in training mode. Each
+//! round it takes the global model, measures it on the hospital's own
+//! validation images, trains the configured number of steps on its own
+//! training images, and hands the change (and its example count, the
+//! weight of the mean) to secure aggregation. Images never leave it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use primia_model::data::{DataSource, load};
+use primia_model::train::{ClassWeighting, Trainer, evaluate};
+use primia_model::{Architecture, Dataset, Model, ModelSpec, OptimizerKind, TrainConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use zeroize::Zeroizing;
+
+use super::model::GlobalModel;
+use super::source::{Update, UpdateSource};
+use crate::config::TrainingConfig;
+
+/// Context of the member's training seed: the shared seed mixed with the
+/// member's name, so hospitals shuffle and augment differently.
+const MEMBER_SEED: &str = "primia 2026-11 daemon member training seed v1";
+
+/// Most training examples a member may claim: the fixed-point bound of
+/// secure aggregation (`primia_crypto::fixed::MAX_EXAMPLES`).
+const MAX_EXAMPLES: usize = primia_crypto::fixed::MAX_EXAMPLES as usize;
+
+/// A hospital's local training: its data, its copy of the model, and its
+/// optimiser state, which stays here between rounds.
+pub struct LocalTraining {
+    spec: ModelSpec,
+    seed: u64,
+    model: Model,
+    trainer: Trainer,
+    train: Dataset,
+    val: Dataset,
+    steps: u64,
+    rng: ChaCha8Rng,
+    settings: String,
+}
+
+impl std::fmt::Debug for LocalTraining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTraining")
+            .field("settings", &self.settings)
+            .field("train", &self.train.len())
+            .field("val", &self.val.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalTraining {
+    /// Loads the member's images from `data` (a folder of class subfolders
+    /// or a MedMNIST `.npz`) and prepares training as `cfg` says. A folder
+    /// is split per class, deterministically: 70 % training, 10 %
+    /// validation (the 20 % test share is left for the hospital's own use).
+    pub fn load(data: &Path, cfg: &TrainingConfig, member: &str) -> anyhow::Result<Self> {
+        let source = DataSource::from_path(Some(data));
+        if matches!(source, DataSource::MedMnist(_)) && !data.is_file() {
+            anyhow::bail!(
+                "data {}: not found (expected a folder of class subfolders or a MedMNIST .npz file)",
+                data.display()
+            );
+        }
+        let loaded = load(&source, Some(cfg.input_size), cfg.seed)
+            .with_context(|| format!("cannot load the training data {}", data.display()))?;
+        if !loaded.skipped.is_empty() {
+            tracing::warn!(
+                skipped = loaded.skipped.len(),
+                first = %format!("{}: {}", loaded.skipped[0].0.display(), loaded.skipped[0].1),
+                "some image files cannot be used and are left out"
+            );
+        }
+        tracing::info!(data = %loaded.description, "training data loaded");
+        Self::new(loaded.splits.train, loaded.splits.val, cfg, member)
+    }
+
+    /// Local training on `train`, measured on `val`.
+    pub fn new(
+        train: Dataset,
+        val: Dataset,
+        cfg: &TrainingConfig,
+        member: &str,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!train.is_empty(), "no training images");
+        anyhow::ensure!(
+            train.len() <= MAX_EXAMPLES,
+            "{} training images; secure aggregation weighs at most {MAX_EXAMPLES} per member",
+            train.len()
+        );
+        anyhow::ensure!(
+            train.size() == cfg.input_size,
+            "images are {0}x{0}, the model takes {1}x{1}",
+            train.size(),
+            cfg.input_size
+        );
+        let architecture: Architecture = cfg.model.parse()?;
+        let spec = ModelSpec::new(architecture, cfg.input_size, train.classes())?;
+        let train_cfg = train_config(cfg);
+        let model = Model::new(spec.clone(), cfg.seed)?;
+        let trainer = Trainer::new(&model, &train_cfg)?;
+        let settings = format!(
+            "{} fingerprint={} local_steps={} batch_size={} learning_rate={} optimizer={} weight_decay={} augment={} class_weights={} seed={}",
+            spec.canonical(),
+            &model.fingerprint().to_hex()[..16],
+            cfg.local_steps,
+            cfg.batch_size,
+            cfg.learning_rate,
+            cfg.optimizer,
+            cfg.weight_decay,
+            cfg.augment,
+            cfg.class_weights,
+            cfg.seed,
+        );
+        let mut h = blake3::Hasher::new_derive_key(MEMBER_SEED);
+        h.update(&cfg.seed.to_le_bytes());
+        h.update(member.as_bytes());
+        Ok(Self {
+            spec,
+            seed: cfg.seed,
+            model,
+            trainer,
+            train,
+            val,
+            steps: u64::from(cfg.local_steps),
+            rng: ChaCha8Rng::from_seed(*h.finalize().as_bytes()),
+            settings,
+        })
+    }
+
+    /// The network this member trains.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+}
+
+/// The model crate's training settings for a `[training]` section.
+pub fn train_config(cfg: &TrainingConfig) -> TrainConfig {
+    TrainConfig {
+        optimizer: if cfg.optimizer == "sgd" {
+            OptimizerKind::sgd()
+        } else {
+            OptimizerKind::adamw()
+        },
+        lr: cfg.learning_rate,
+        weight_decay: cfg.weight_decay,
+        batch_size: cfg.batch_size as usize,
+        class_weighting: if cfg.class_weights == "none" {
+            ClassWeighting::None
+        } else {
+            ClassWeighting::Balanced
+        },
+        augment: cfg.augment.then(Default::default),
+        ..TrainConfig::default()
+    }
+}
+
+/// The metrics a member records for a model on its validation images.
+pub fn metric_values(m: &primia_model::Metrics) -> BTreeMap<String, f64> {
+    let mut v = BTreeMap::new();
+    v.insert("val_examples".into(), m.examples as f64);
+    v.insert("val_loss".into(), m.loss);
+    v.insert("val_acc".into(), m.accuracy);
+    if let Some(auc) = m.auc {
+        v.insert("val_auc".into(), auc);
+    }
+    v.insert("val_sensitivity".into(), m.sensitivity);
+    v.insert("val_specificity".into(), m.specificity);
+    v.retain(|_, x| x.is_finite());
+    v
+}
+
+impl UpdateSource for LocalTraining {
+    fn parameter_count(&self) -> usize {
+        self.model.param_count()
+    }
+
+    fn settings(&self) -> String {
+        self.settings.clone()
+    }
+
+    fn initial_model(&mut self) -> anyhow::Result<Vec<f32>> {
+        Ok(Model::new(self.spec.clone(), self.seed)?.flatten()?)
+    }
+
+    fn evaluate(&mut self, model: &GlobalModel) -> anyhow::Result<BTreeMap<String, f64>> {
+        if self.val.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.model.unflatten(&model.params)?;
+        Ok(metric_values(&evaluate(&self.model, &self.val)?))
+    }
+
+    fn update(&mut self, round: u64, base: &GlobalModel) -> anyhow::Result<Update> {
+        self.model.unflatten(&base.params)?;
+        let span = tracing::info_span!("train", round, steps = self.steps);
+        let _g = span.enter();
+        let report = self.trainer.train_steps(
+            &mut self.model,
+            &self.train,
+            self.steps,
+            &mut self.rng,
+            |_| {},
+        )?;
+        let after = Zeroizing::new(self.model.flatten()?);
+        let delta: Vec<f32> = after.iter().zip(&base.params).map(|(a, b)| a - b).collect();
+        anyhow::ensure!(
+            delta.iter().all(|d| d.is_finite()),
+            "local training diverged (a weight is not a finite number); try a smaller learning rate"
+        );
+        tracing::info!(
+            images = report.images,
+            loss = format!("{:.4}", report.mean_loss),
+            seconds = format!("{:.1}", report.wall_s),
+            "local training done"
+        );
+        Ok(Update {
+            n_examples: self.train.len() as u32,
+            delta: Zeroizing::new(delta),
+        })
+    }
+}
