@@ -21,16 +21,11 @@
 //!   as PyTorch does.
 //!
 //! Tensors are float32, NCHW, on the CPU. Work is split across images (or
-//! groups) on candle's own CPU worker pool, the one its elementwise ops
-//! use, so a training step never has two pools' threads competing for the
-//! cores (its size follows `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`,
-//! else the number of physical cores).
+//! groups) on as many threads as candle uses (`RAYON_NUM_THREADS`, else
+//! the physical cores); see `for_each_chunked`.
 //! The tests in `model/tests/kernels.rs` check outputs and gradients
 //! against candle's stock implementations.
 
-use std::cell::RefCell;
-
-use candle_core::utils::barrier_pool;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
     bail,
@@ -68,22 +63,28 @@ fn data<'a>(storage: &'a Storage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
     }
 }
 
-/// Runs `f` with this thread's scratch buffer, grown to at least `len` floats.
+/// Runs `f` with a scratch buffer of `len` floats.
 ///
-/// im2col matrices are a few hundred kilobytes per image; keeping one per
-/// worker thread avoids an allocation (and its page faults) per image.
+/// im2col matrices are a few hundred kilobytes per image; buffers are
+/// kept in a small shared stock between calls, so a training step does
+/// not allocate (and page-fault) one per image.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    thread_local! {
-        static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static STOCK: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+    let taken = STOCK.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut buf = taken.unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
     }
-    SCRATCH.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
-        }
-        f(&mut buf[..len])
-    })
+    let r = f(&mut buf[..len]);
+    let mut stock = STOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if stock.len() < MAX_SCRATCH_BUFFERS {
+        stock.push(buf);
+    }
+    r
 }
+
+/// Buffers kept in the scratch stock: one per worker thread is enough.
+const MAX_SCRATCH_BUFFERS: usize = 16;
 
 /// A buffer's base pointer, handed to the pool's workers, each of which
 /// writes its own disjoint part (see [`par_chunks`]).
@@ -116,7 +117,7 @@ fn par_chunks2(
 ) {
     assert!(a.len() >= n * ca && b.len() >= n * cb);
     let (pa, pb) = (SharedMut(a.as_mut_ptr()), SharedMut(b.as_mut_ptr()));
-    barrier_pool().execute_chunked(n, |range| {
+    for_each_chunked(n, |range| {
         for i in range {
             // SAFETY: i < n, so both chunks lie inside their buffers (asserted
             // above); the pool hands each i to exactly one worker, so no two
@@ -130,6 +131,38 @@ fn par_chunks2(
             };
             f(i, ai, bi);
         }
+    });
+}
+
+/// Runs `f` on ranges that together cover `0..n` once, in parallel.
+///
+/// On `candle_core::utils::get_num_threads()` threads (`RAYON_NUM_THREADS`,
+/// else the physical cores), scoped for the call: starting them costs
+/// tens of microseconds against the milliseconds each call computes, and
+/// threads that block rather than spin when they run out of work keep a
+/// busy machine's cores for work (candle's own spinning worker pool lost
+/// a fifth of the throughput when other processes were running).
+fn for_each_chunked(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let threads = candle_core::utils::get_num_threads().clamp(1, n.max(1));
+    if threads <= 1 {
+        return f(0..n);
+    }
+    let chunk = n.div_ceil(threads * 4).max(1);
+    let cursor = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let start = cursor.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+            if start >= n {
+                break;
+            }
+            f(start..(start + chunk).min(n));
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
     });
 }
 
@@ -276,6 +309,9 @@ impl ConvGeom {
 
 /// Unfolds one image (`c_in x h x w`) into `cols` (`k x p`, row-major).
 fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
+    if g.stride == 1 && g.w_out == g.w && g.h_out == g.h {
+        return im2col_same(g, x, cols);
+    }
     let p = g.p();
     for c in 0..g.c_in {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -304,6 +340,53 @@ fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
                                 0.0
                             };
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride-1 convolutions whose output has the input's size
+/// (3x3 with padding 1, ...): each row of `cols` is the input plane
+/// shifted by a fixed offset, so it is one block copy followed by zeroing
+/// the rows and columns that fall in the padding.
+fn im2col_same(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
+    let (h, w, pad) = (g.h, g.w, g.pad as isize);
+    let hw = h * w;
+    for c in 0..g.c_in {
+        let plane = &x[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = ((c * g.kh + ki) * g.kw + kj) * hw;
+                let dst = &mut cols[row..row + hw];
+                let shift = (ki as isize - pad) * w as isize + (kj as isize - pad);
+                // dst[j] = plane[j + shift] where that index exists.
+                let lo = (-shift).clamp(0, hw as isize) as usize;
+                let hi = (hw as isize - shift).clamp(lo as isize, hw as isize) as usize;
+                dst[..lo].fill(0.0);
+                if lo < hi {
+                    dst[lo..hi].copy_from_slice(
+                        &plane[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
+                    );
+                }
+                dst[hi..].fill(0.0);
+                // Rows whose source row lies in the padding.
+                let dy = ki as isize - pad;
+                if dy < 0 {
+                    dst[..((-dy) as usize * w).min(hw)].fill(0.0);
+                } else if dy > 0 {
+                    dst[h.saturating_sub(dy as usize) * w..].fill(0.0);
+                }
+                // Columns that wrapped around from the neighbouring row.
+                let dx = kj as isize - pad;
+                if dx < 0 {
+                    for r in dst.chunks_exact_mut(w) {
+                        r[..((-dx) as usize).min(w)].fill(0.0);
+                    }
+                } else if dx > 0 {
+                    for r in dst.chunks_exact_mut(w) {
+                        r[w.saturating_sub(dx as usize)..].fill(0.0);
                     }
                 }
             }

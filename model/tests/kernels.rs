@@ -107,6 +107,9 @@ fn convolution_matches_candle() {
         // Batch 1, odd and non-square sizes.
         (1, 3, 5, 9, 7, 3, 1, 1),
         (1, 4, 8, 5, 5, 3, 1, 0),
+        // Kernels larger than the image, with "same" padding.
+        (2, 2, 3, 2, 3, 7, 1, 3),
+        (2, 3, 4, 6, 5, 5, 1, 2),
         // Strided convolutions: the stems, ResNet's downsampling 3x3 and 1x1.
         (2, 1, 16, 57, 57, 3, 2, 1),
         (3, 8, 16, 15, 15, 3, 2, 1),
