@@ -379,8 +379,18 @@ fn im2col_same(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
                     dst[h.saturating_sub(dy as usize) * w..].fill(0.0);
                 }
                 // Columns that wrapped around from the neighbouring row.
+                // (One column for a 3x3 kernel: stored directly, since a
+                // call to memset per row would cost more than the copy.)
                 let dx = kj as isize - pad;
-                if dx < 0 {
+                if dx == -1 {
+                    for r in dst.chunks_exact_mut(w) {
+                        r[0] = 0.0;
+                    }
+                } else if dx == 1 {
+                    for r in dst.chunks_exact_mut(w) {
+                        r[w - 1] = 0.0;
+                    }
+                } else if dx < 0 {
                     for r in dst.chunks_exact_mut(w) {
                         r[..((-dx) as usize).min(w)].fill(0.0);
                     }
