@@ -146,7 +146,7 @@ fn status_without_a_daemon_exits_3() {
 }
 
 #[test]
-fn training_mode_without_a_trainer_is_refused_clearly() {
+fn training_mode_without_its_images_is_refused_clearly() {
     let c = Consortium::new(BIN, &Settings::fast(3));
     let config = &c.members[0].config;
     let text = std::fs::read_to_string(config)
@@ -165,5 +165,8 @@ fn training_mode_without_a_trainer_is_refused_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("training mode \"train\""), "{err}");
+    assert!(
+        err.contains("images: not found") && err.contains("a folder of class subfolders"),
+        "{err}"
+    );
 }

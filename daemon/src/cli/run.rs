@@ -15,15 +15,23 @@ use crate::config::Config;
 1 an error (printed to stderr)."
 )]
 pub struct Args {
-    /// The daemon's configuration (TOML); `primiad` documents every field in
-    /// the example config.
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    /// The daemon's configuration (TOML); `--example-config` prints every
+    /// field with its default and what it means.
+    #[arg(long, value_name = "FILE", required_unless_present = "example_config")]
+    pub config: Option<PathBuf>,
+
+    /// Print a commented config with every field at its default, and exit.
+    #[arg(long, conflicts_with = "config")]
+    pub example_config: bool,
 }
 
 /// Loads the config and runs the node on a multi-threaded runtime.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let Some(path) = args.config else {
+        print!("{}", Config::example());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let config = Config::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("primiad")
