@@ -21,9 +21,11 @@
 //! agreement, Shamir shares, mask expansion, the consistency check, the
 //! reveal and the unmasking.
 //!
-//! Round 1 warms up (connections, allocations) and is not counted; the
-//! figures are medians over the next `ROUND_BENCH_ROUNDS` rounds (default
-//! 3). `ROUND_BENCH_ONLY=members:params[,members:params...]` picks
+//! Both consortia run side by side, a secure round and a plain round in
+//! turn, so that both see the same load on a shared machine. Round 1 warms
+//! up (connections, allocations) and is not counted; the figures are
+//! medians over the next `ROUND_BENCH_ROUNDS` rounds (default 5).
+//! `ROUND_BENCH_ONLY=members:params[,members:params...]` picks
 //! configurations.
 //!
 //! # Phases
@@ -151,18 +153,25 @@ fn phases(plain: bool, gate: Instant, reports: &[RoundReport]) -> Measured {
     }
 }
 
-/// Runs `rounds + 1` gated rounds of `n` nodes; returns the measured ones.
-fn run(n: usize, params: usize, plain: bool, rounds: u64) -> Vec<Measured> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+/// One consortium of in-process nodes, its rounds started by a gate.
+struct Consortium {
+    plain: bool,
+    n: usize,
+    gate: watch::Sender<u64>,
+    reports: mpsc::Receiver<RoundReport>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Consortium {
+    /// Starts `n` nodes and waits until each is connected to all others.
+    async fn start(n: usize, params: usize, plain: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let configs = consortium(dir.path(), n, params);
-        let (gate_tx, gate_rx) = watch::channel(0u64);
-        let (report_tx, mut report_rx) = mpsc::channel(1024);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (gate, gate_rx) = watch::channel(0u64);
+        let (report_tx, reports) = mpsc::channel(1024);
+        let (stop, stop_rx) = watch::channel(false);
         let storages: Vec<_> = configs.iter().map(|c| c.storage_dir.clone()).collect();
         let mut tasks = Vec::new();
         for config in configs {
@@ -177,7 +186,6 @@ fn run(n: usize, params: usize, plain: bool, rounds: u64) -> Vec<Measured> {
                 let _ = stop.wait_for(|s| *s).await;
             })));
         }
-        // Everyone connected before the first round.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let all = storages.iter().all(|s| {
@@ -190,34 +198,72 @@ fn run(n: usize, params: usize, plain: bool, rounds: u64) -> Vec<Measured> {
             assert!(Instant::now() < deadline, "nodes did not connect");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut measured = Vec::new();
-        for round in 1..=rounds + 1 {
-            let gate = Instant::now();
-            gate_tx.send_replace(round);
-            let mut got = Vec::new();
-            while got.len() < n {
-                let r: RoundReport =
-                    tokio::time::timeout(Duration::from_secs(300), report_rx.recv())
-                        .await
-                        .expect("round finished in time")
-                        .expect("reports");
-                assert_eq!(r.round, round, "a report of another round");
-                got.push(r);
-            }
-            let models: Vec<_> = got.iter().map(|r| r.model).collect();
-            assert!(models.windows(2).all(|w| w[0] == w[1]), "members disagree");
-            if round > 1 {
-                measured.push(phases(plain, gate, &got));
-            }
-            // Let the stores settle before the next gate opens.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        Self {
+            plain,
+            n,
+            gate,
+            reports,
+            stop,
+            tasks,
+            _dir: dir,
         }
-        let _ = stop_tx.send(true);
-        for t in tasks {
+    }
+
+    /// Opens the gate of `round` and waits for every member's report.
+    async fn round(&mut self, round: u64) -> Measured {
+        let gate = Instant::now();
+        self.gate.send_replace(round);
+        let mut got = Vec::new();
+        while got.len() < self.n {
+            let r: RoundReport =
+                tokio::time::timeout(Duration::from_secs(300), self.reports.recv())
+                    .await
+                    .expect("round finished in time")
+                    .expect("reports");
+            assert_eq!(r.round, round, "a report of another round");
+            got.push(r);
+        }
+        let models: Vec<_> = got.iter().map(|r| r.model).collect();
+        assert!(models.windows(2).all(|w| w[0] == w[1]), "members disagree");
+        phases(self.plain, gate, &got)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
             t.await.unwrap().unwrap();
         }
-        measured
+    }
+}
+
+/// Runs `rounds + 1` rounds of a secure and a plain consortium of `n`
+/// nodes, alternating round by round so both see the same load; returns
+/// the measured rounds of each.
+fn run(n: usize, params: usize, rounds: u64) -> (Vec<Measured>, Vec<Measured>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut secure = Consortium::start(n, params, false).await;
+        let mut plain = Consortium::start(n, params, true).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (mut s, mut p) = (Vec::new(), Vec::new());
+        for round in 1..=rounds + 1 {
+            // Between rounds the stores settle and the next update is
+            // prepared (as training would be during the pause).
+            let a = secure.round(round).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let b = plain.round(round).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if round > 1 {
+                s.push(a);
+                p.push(b);
+            }
+        }
+        secure.stop().await;
+        plain.stop().await;
+        (s, p)
     })
 }
 
@@ -225,7 +271,7 @@ fn main() {
     let rounds: u64 = std::env::var("ROUND_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let configs: Vec<(usize, usize)> = match std::env::var("ROUND_BENCH_ONLY") {
         Ok(v) => v
             .split(',')
@@ -241,8 +287,7 @@ fn main() {
         "one round on loopback, gated start to every member holding the sum; median of {rounds} rounds after one warm-up"
     );
     for (n, params) in configs {
-        let secure = run(n, params, false, rounds);
-        let plain = run(n, params, true, rounds);
+        let (secure, plain) = run(n, params, rounds);
         println!();
         println!("members={n} params={params}");
         println!(
