@@ -67,12 +67,13 @@ impl DpConfig {
     }
 }
 
-/// Most per-example gradient values held at once (64 Mi floats, 256 MB):
+/// Most per-example gradient values held at once (16 Mi floats, 64 MB):
 /// a large Poisson batch is processed in physical chunks under this bound,
 /// so memory does not grow with the drawn batch size.
 const MAX_PER_EXAMPLE_VALUES: usize = 1 << 24;
-/// Most examples in one physical chunk.
-const MAX_CHUNK: usize = 64;
+/// Most examples in one physical chunk (a Poisson batch larger than this is
+/// processed in several).
+const MAX_CHUNK: usize = 256;
 
 fn chunk_size(model: &Model) -> usize {
     (MAX_PER_EXAMPLE_VALUES / model.param_count().max(1)).clamp(1, MAX_CHUNK)
