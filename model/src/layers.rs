@@ -367,3 +367,56 @@ impl ConvNormRelu {
         &self.norm
     }
 }
+
+/// Pairs (detached parameter, trainable parameter) made by `detached`.
+pub(crate) type DetachMap = Vec<(candle_core::TensorId, candle_core::TensorId)>;
+
+fn detach_param(t: &Tensor, map: &mut DetachMap) -> Tensor {
+    let d = t.detach();
+    map.push((d.id(), t.id()));
+    d
+}
+
+// Copies whose parameters share the weights' storage but are not trainable
+// variables, so a backward pass through them computes no weight gradients
+// (DP-SGD forms those per example itself). `map` records which detached
+// tensor stands for which parameter.
+impl Conv2d {
+    pub(crate) fn detached(&self, map: &mut DetachMap) -> Self {
+        Conv2d {
+            weight: detach_param(&self.weight, map),
+            bias: self.bias.as_ref().map(|b| detach_param(b, map)),
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+}
+
+impl GroupNorm {
+    pub(crate) fn detached(&self, map: &mut DetachMap) -> Self {
+        GroupNorm {
+            weight: detach_param(&self.weight, map),
+            bias: detach_param(&self.bias, map),
+            groups: self.groups,
+            eps: self.eps,
+        }
+    }
+}
+
+impl Linear {
+    pub(crate) fn detached(&self, map: &mut DetachMap) -> Self {
+        Linear {
+            weight: detach_param(&self.weight, map),
+            bias: detach_param(&self.bias, map),
+        }
+    }
+}
+
+impl ConvNormRelu {
+    pub(crate) fn detached(&self, map: &mut DetachMap) -> Self {
+        ConvNormRelu {
+            conv: self.conv.detached(map),
+            norm: self.norm.detached(map),
+        }
+    }
+}

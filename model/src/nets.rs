@@ -4,7 +4,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::layers::{
-    Conv2d, ConvNormRelu, GroupNorm, Linear, ParamBuilder, global_avg_pool, max_pool2x2,
+    Conv2d, ConvNormRelu, DetachMap, GroupNorm, Linear, ParamBuilder, global_avg_pool, max_pool2x2,
 };
 use crate::privacy::per_example::Tape;
 use crate::spec::{Architecture, ModelSpec};
@@ -298,5 +298,41 @@ impl BasicBlock {
             None => x.clone(),
         };
         Ok((y + shortcut)?.relu()?)
+    }
+}
+
+// Copies with detached parameters, for DP-SGD's recording forward (see
+// `Conv2d::detached`).
+impl Net {
+    pub(crate) fn detached(&self, map: &mut DetachMap) -> Net {
+        match self {
+            Net::Cnn(n) => Net::Cnn(CompactCnn {
+                stem: n.stem.iter().map(|s| s.detached(map)).collect(),
+                blocks: n
+                    .blocks
+                    .iter()
+                    .map(|b| b.iter().map(|c| c.detached(map)).collect())
+                    .collect(),
+                head: n.head.detached(map),
+            }),
+            Net::ResNet(n) => Net::ResNet(ResNet18 {
+                stem: n.stem.detached(map),
+                stem_pool: n.stem_pool,
+                layers: n
+                    .layers
+                    .iter()
+                    .map(|b| BasicBlock {
+                        conv1: b.conv1.detached(map),
+                        conv2: b.conv2.detached(map),
+                        norm2: b.norm2.detached(map),
+                        downsample: b
+                            .downsample
+                            .as_ref()
+                            .map(|(c, g)| (c.detached(map), g.detached(map))),
+                    })
+                    .collect(),
+                fc: n.fc.detached(map),
+            }),
+        }
     }
 }

@@ -26,10 +26,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Tensor, TensorId};
+use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Tensor, TensorId, Var};
 
 use crate::error::{ModelError, Result};
-use crate::layers::{Conv2d, ConvNormRelu, GroupNorm, Linear};
+use crate::layers::{Conv2d, ConvNormRelu, DetachMap, GroupNorm, Linear};
 use crate::model::{INPUT_MEAN, INPUT_STD, Model};
 
 /// What one parameterised layer saw in the recording forward.
@@ -449,9 +449,15 @@ pub(crate) fn per_example_grads(
         }
         target[k * classes + l] = class_weights[l];
     }
-    let x = normalised_input(model, images)?;
+    // The network runs with detached copies of its parameters, so the
+    // backward pass computes no batch weight gradients (they would be
+    // thrown away); the input is made a variable instead, to give the
+    // backward pass a graph to follow.
+    let mut detach_map = DetachMap::new();
+    let net = model.net().detached(&mut detach_map);
+    let x = Var::from_tensor(&normalised_input(model, images)?)?;
     let mut tape = Tape::new();
-    let logits = model.net().forward_recorded(&x, &mut tape)?;
+    let logits = net.forward_recorded(x.as_tensor(), &mut tape)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let target = Tensor::from_vec(target, (b, classes), model.device())?;
     let per_loss = (logp * target)?.sum(1)?.neg()?;
@@ -571,6 +577,12 @@ pub(crate) fn per_example_grads(
     }
     drop(tape);
 
+    // Back from the detached copies to the trainable parameters.
+    for (id, _) in &mut found {
+        if let Some((_, original)) = detach_map.iter().find(|(d, _)| d == id) {
+            *id = *original;
+        }
+    }
     let mut ordered = Vec::with_capacity(found.len());
     for (name, var) in model.vars() {
         let id = var.as_tensor().id();
