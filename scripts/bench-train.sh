@@ -11,8 +11,9 @@
 #   BENCH_REPS=5        repetitions of each side
 #   BENCH_STEPS=30      timed training steps per repetition
 #   BENCH_THREADS=2     threads for both
-#   BENCH_RESNET=1      also measure ResNet-18 at 28x28 (slow; its own
-#                       BENCH_RESNET_STEPS=5, BENCH_RESNET_BATCH=64)
+#   BENCH_RESNET=1      also measure ResNet-18 at 28x28 first (slow; its own
+#                       BENCH_RESNET_REPS=3, BENCH_RESNET_STEPS=3,
+#                       BENCH_RESNET_BATCH=64)
 #   PRIMIA_BENCH_VENV   virtual environment with torch
 #                       (default ~/.cache/primia-bench-venv; created and
 #                       torch installed from PyPI when missing)
@@ -50,11 +51,11 @@ for line in open(sys.argv[1]):
 ' "${TMPDIR:-/tmp}/primia-bench-build.json" | tail -1)"
 [ -x "$bin" ] || { echo "could not find the train_throughput bench binary" >&2; exit 1; }
 
-# measure MODEL STEPS BATCH: alternates the two sides, prints each figure
+# measure MODEL STEPS BATCH REPS: alternates the two sides, prints each figure
 # and returns the summary line in $summary.
 measure() {
-    local model="$1" nsteps="$2" batch="$3" c=() t=()
-    for ((i = 1; i <= reps; i++)); do
+    local model="$1" nsteps="$2" batch="$3" n="$4" c=() t=()
+    for ((i = 1; i <= n; i++)); do
         local cl tl
         cl="$(BENCH_BATCH="$batch" "$bin" "$model" "$nsteps" 1 | tail -1)"
         echo "$cl"
@@ -75,8 +76,8 @@ print(f"train-throughput model={model} candle_img_s={mc:.1f} torch_img_s={mt:.1f
 
 echo "threads=$threads reps=$reps load: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "${BENCH_RESNET:-0}" = 1 ]; then
-    measure resnet18 "${BENCH_RESNET_STEPS:-5}" "${BENCH_RESNET_BATCH:-64}"
+    measure resnet18 "${BENCH_RESNET_STEPS:-3}" "${BENCH_RESNET_BATCH:-64}" "${BENCH_RESNET_REPS:-3}"
     echo "$summary"
 fi
-measure cnn "$steps" 64
+measure cnn "$steps" 64 "$reps"
 echo "$summary"

@@ -9,7 +9,8 @@ primia's Trainer does without augmentation: input normalisation,
 class-weighted cross-entropy, backward, gradient-norm clipping at 5 and
 AdamW (lr 2e-3, betas 0.9/0.999, eps 1e-8, decoupled weight decay 5e-4 on
 convolution and linear weights only). Prints one line:
-`torch model=<name> batch=<b> img_s=<x>`.
+`torch model=<name> batch=<b> cpu_ms_per_img=<c> img_s=<x>` (CPU time of
+all threads per image, spinning included).
 """
 
 import argparse
@@ -125,11 +126,13 @@ def main():
     for i in range(2):
         step(i)
     t = time.perf_counter()
+    cpu = time.process_time()
     for i in range(a.steps):
         loss = step(i)
     loss.item()
     img_s = a.steps * a.batch / (time.perf_counter() - t)
-    print(f"torch model={a.model} batch={a.batch} img_s={img_s:.1f}", flush=True)
+    cpu_ms = (time.process_time() - cpu) * 1e3 / (a.steps * a.batch)
+    print(f"torch model={a.model} batch={a.batch} cpu_ms_per_img={cpu_ms:.3f} img_s={img_s:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 //! classes, gradient clipping) without augmentation, so that the figure
 //! measures the network's forward and backward passes and the optimiser,
 //! as the PyTorch script does. Each repetition prints
-//! `candle model=<name> batch=<b> img_s=<x>`.
+//! `candle model=<name> batch=<b> cpu_ms_per_img=<c> img_s=<x>`.
 
 use std::time::Instant;
 
@@ -52,10 +52,29 @@ fn main() {
         .expect("warm-up");
     for _ in 0..reps {
         let t = Instant::now();
+        let cpu = process_cpu_s();
         let r = trainer
             .train_steps(&mut model, &data, steps, &mut rng, |_| {})
             .expect("training");
         let img_s = r.images as f64 / t.elapsed().as_secs_f64();
-        println!("candle model={name} batch={batch} img_s={img_s:.1}");
+        // CPU time per image: on a machine shared with other work, a
+        // steadier measure of the kernels' cost than wall time (it counts
+        // spinning threads too).
+        let cpu_ms = match (cpu, process_cpu_s()) {
+            (Some(a), Some(b)) => format!("{:.3}", (b - a) * 1e3 / r.images as f64),
+            _ => "na".into(),
+        };
+        println!("candle model={name} batch={batch} cpu_ms_per_img={cpu_ms} img_s={img_s:.1}");
     }
+}
+
+/// User plus system CPU seconds of this process so far, from /proc (Linux only).
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }

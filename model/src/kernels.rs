@@ -26,6 +26,8 @@
 //! The tests in `model/tests/kernels.rs` check outputs and gradients
 //! against candle's stock implementations.
 
+use std::sync::Mutex;
+
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
     bail,
@@ -104,9 +106,9 @@ impl SharedMut {
     }
 }
 
-/// Runs `f(i, a_i, b_i)` for every `i` in `0..n` on candle's worker pool,
+/// Runs `f(i, a_i, b_i)` for every `i` in `0..n` in parallel,
 /// where `a_i` and `b_i` are the i-th chunks of `a` (length `ca`) and `b`
-/// (length `cb`, possibly 0).
+/// (length `cb`, possibly 0), the last ones cut short at the buffers' ends.
 fn par_chunks2(
     n: usize,
     a: &mut [f32],
@@ -115,18 +117,21 @@ fn par_chunks2(
     cb: usize,
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) {
-    assert!(a.len() >= n * ca && b.len() >= n * cb);
+    assert!(a.len() >= n.saturating_sub(1) * ca && b.len() >= n.saturating_sub(1) * cb);
+    let (la, lb) = (a.len(), b.len());
     let (pa, pb) = (SharedMut(a.as_mut_ptr()), SharedMut(b.as_mut_ptr()));
     for_each_chunked(n, |range| {
         for i in range {
-            // SAFETY: i < n, so both chunks lie inside their buffers (asserted
-            // above); the pool hands each i to exactly one worker, so no two
-            // live chunks overlap; `a` and `b` stay mutably borrowed until
-            // every worker is done.
+            // The last chunks may be shorter.
+            let (na, nb) = (ca.min(la - i * ca), cb.min(lb - i * cb));
+            // SAFETY: i < n, so both chunks start inside their buffers
+            // (asserted above) and end at most at their ends; each i goes to
+            // exactly one worker, so no two live chunks overlap; `a` and `b`
+            // stay mutably borrowed until every worker is done.
             let (ai, bi) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(pa.get().add(i * ca), ca),
-                    std::slice::from_raw_parts_mut(pb.get().add(i * cb), cb),
+                    std::slice::from_raw_parts_mut(pa.get().add(i * ca), na),
+                    std::slice::from_raw_parts_mut(pb.get().add(i * cb), nb),
                 )
             };
             f(i, ai, bi);
@@ -166,12 +171,20 @@ fn for_each_chunked(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     });
 }
 
-/// Runs `f(i, chunk_i)` for the `out.len() / chunk` consecutive chunks of `out` on candle's worker pool.
+/// Runs `f(i, chunk_i)` in parallel for the consecutive chunks of `out`
+/// (the last one shorter if `chunk` does not divide its length).
 fn par_chunks(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if chunk == 0 {
         return;
     }
-    par_chunks2(out.len() / chunk, out, chunk, &mut [], 0, |i, c, _| f(i, c));
+    par_chunks2(
+        out.len().div_ceil(chunk),
+        out,
+        chunk,
+        &mut [],
+        0,
+        |i, c, _| f(i, c),
+    );
 }
 
 /// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`: dst row-major with
@@ -190,6 +203,7 @@ fn matmul(
     rhs: &[f32],
     rhs_rs: usize,
     rhs_cs: usize,
+    par: Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -221,7 +235,7 @@ fn matmul(
             false,
             false,
             false,
-            Parallelism::None,
+            par,
         )
     }
 }
@@ -307,17 +321,17 @@ impl ConvGeom {
     }
 }
 
-/// Unfolds one image (`c_in x h x w`) into `cols` (`k x p`, row-major).
-fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
+/// Unfolds one image (`c_in x h x w`) into `cols` (`k x p`, row-major
+/// with row stride `ld`, so that several images can sit side by side).
+fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32], ld: usize) {
     if g.stride == 1 && g.w_out == g.w && g.h_out == g.h {
-        return im2col_same(g, x, cols);
+        return im2col_same(g, x, cols, ld);
     }
-    let p = g.p();
     for c in 0..g.c_in {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                let row = ((c * g.kh + ki) * g.kw + kj) * ld;
                 let (lo, hi) = g.valid_cols(kj);
                 for oy in 0..g.h_out {
                     let dst = &mut cols[row + oy * g.w_out..row + (oy + 1) * g.w_out];
@@ -351,14 +365,14 @@ fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
 /// (3x3 with padding 1, ...): each row of `cols` is the input plane
 /// shifted by a fixed offset, so it is one block copy followed by zeroing
 /// the rows and columns that fall in the padding.
-fn im2col_same(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
+fn im2col_same(g: &ConvGeom, x: &[f32], cols: &mut [f32], ld: usize) {
     let (h, w, pad) = (g.h, g.w, g.pad as isize);
     let hw = h * w;
     for c in 0..g.c_in {
         let plane = &x[c * hw..(c + 1) * hw];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = ((c * g.kh + ki) * g.kw + kj) * hw;
+                let row = ((c * g.kh + ki) * g.kw + kj) * ld;
                 let dst = &mut cols[row..row + hw];
                 let shift = (ki as isize - pad) * w as isize + (kj as isize - pad);
                 // dst[j] = plane[j + shift] where that index exists.
@@ -404,14 +418,14 @@ fn im2col_same(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// Folds `cols` (`k x p`) back onto one image, adding overlapping entries: the adjoint of [`im2col`].
-fn col2im_add(g: &ConvGeom, cols: &[f32], x: &mut [f32]) {
-    let p = g.p();
+/// Folds `cols` (`k x p`, row stride `ld`) back onto one image, adding
+/// overlapping entries: the adjoint of [`im2col`].
+fn col2im_add(g: &ConvGeom, cols: &[f32], ld: usize, x: &mut [f32]) {
     for c in 0..g.c_in {
         let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                let row = ((c * g.kh + ki) * g.kw + kj) * ld;
                 for oy in 0..g.h_out {
                     let iy = (oy * g.stride + ki) as isize - g.pad as isize;
                     if iy < 0 || iy >= g.h as isize {
@@ -431,55 +445,131 @@ fn col2im_add(g: &ConvGeom, cols: &[f32], x: &mut [f32]) {
     }
 }
 
-/// Convolution forward on raw buffers: `y[n] = w * im2col(x[n])` for every image.
+/// Columns (images times output pixels) per matrix product: enough to
+/// amortise packing the weights, which for the small late feature maps
+/// (7x7, 4x4) would otherwise cost as much as the product itself.
+const BLOCK_COLUMNS: usize = 1024;
+/// At most this many images per block, so batches still split among threads.
+const MAX_BLOCK_IMAGES: usize = 16;
+
+/// Images per block for a convolution: a function of its shape only, so the
+/// order of floating-point sums (and so the result) does not depend on the
+/// number of threads.
+fn block_images(g: &ConvGeom) -> usize {
+    if g.p() >= BLOCK_COLUMNS / 2 {
+        // A large map is a wide enough product on its own; blocking would
+        // only add copies of big activations.
+        return 1;
+    }
+    BLOCK_COLUMNS
+        .div_ceil(g.p().max(1))
+        .clamp(1, MAX_BLOCK_IMAGES)
+        .min(g.n.max(1))
+}
+
+/// Lets the matrix product use all threads itself when there are fewer
+/// blocks than threads (a small batch on large late layers).
+fn inner_parallelism(blocks: usize) -> Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if blocks < threads {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// Copies `nb` images of `src` (`nb x rows x p`) side by side into `dst` (`rows x (nb * p)`).
+fn to_block(src: &[f32], dst: &mut [f32], rows: usize, p: usize, nb: usize) {
+    let ld = nb * p;
+    for b in 0..nb {
+        for r in 0..rows {
+            dst[r * ld + b * p..r * ld + (b + 1) * p]
+                .copy_from_slice(&src[(b * rows + r) * p..(b * rows + r + 1) * p]);
+        }
+    }
+}
+
+/// The inverse of [`to_block`].
+fn from_block(src: &[f32], dst: &mut [f32], rows: usize, p: usize, nb: usize) {
+    let ld = nb * p;
+    for b in 0..nb {
+        for r in 0..rows {
+            dst[(b * rows + r) * p..(b * rows + r + 1) * p]
+                .copy_from_slice(&src[r * ld + b * p..r * ld + (b + 1) * p]);
+        }
+    }
+}
+
+/// Convolution forward on raw buffers: per block of images,
+/// `y = w * [im2col(x[b0]) .. im2col(x[b0 + nb - 1])]`, one matrix product.
 fn conv_forward_raw(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0f32; g.n * g.out_len()];
-    if g.out_len() == 0 {
+    if g.out_len() == 0 || g.n == 0 {
         return y;
     }
     let (k, p) = (g.k(), g.p());
-    par_chunks(&mut y, g.out_len(), |i, yi| {
-        let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
-        if g.is_pointwise() {
-            matmul(g.c_out, p, k, yi, p, false, w, k, 1, xi, p, 1);
-        } else {
-            with_scratch(k * p, |cols| {
-                im2col(g, xi, cols);
-                matmul(g.c_out, p, k, yi, p, false, w, k, 1, cols, p, 1);
-            });
+    let bi = block_images(g);
+    let par = inner_parallelism(g.n.div_ceil(bi));
+    par_chunks(&mut y, bi * g.out_len(), |blk, yb| {
+        let b0 = blk * bi;
+        let nb = yb.len() / g.out_len();
+        let ld = nb * p;
+        if nb == 1 && g.is_pointwise() {
+            let xi = &x[b0 * g.in_len()..(b0 + 1) * g.in_len()];
+            matmul(g.c_out, p, k, yb, p, false, w, k, 1, xi, p, 1, par);
+            return;
         }
+        with_scratch(k * ld, |cols| {
+            for b in 0..nb {
+                let xi = &x[(b0 + b) * g.in_len()..(b0 + b + 1) * g.in_len()];
+                im2col(g, xi, &mut cols[b * p..], ld);
+            }
+            if nb == 1 {
+                matmul(g.c_out, p, k, yb, p, false, w, k, 1, cols, p, 1, par);
+            } else {
+                with_scratch(g.c_out * ld, |out| {
+                    matmul(g.c_out, ld, k, out, ld, false, w, k, 1, cols, ld, 1, par);
+                    from_block(out, yb, g.c_out, p, nb);
+                });
+            }
+        });
     });
     y
 }
 
-/// Weight gradient: `dw = sum_n dy[n] * im2col(x[n])^T`, accumulated per worker, then summed.
+/// Weight gradient: `dw = sum_n dy[n] * im2col(x[n])^T`, one product per
+/// block of images into the block's own partial sum; the partials are
+/// added in block order, so the result does not depend on which thread
+/// ran which block and training stays bit-for-bit reproducible.
 fn conv_grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, p) = (g.k(), g.p());
     let wlen = g.c_out * k;
     if g.n == 0 || p == 0 {
         return vec![0.0; wlen];
     }
-    // Each block of images accumulates into its own partial sum and the
-    // partials are added in block order: the result does not depend on
-    // which worker ran which block, so training stays bit-for-bit
-    // reproducible.
-    let blocks = g.n.div_ceil(GRAD_WEIGHT_BLOCK);
+    let bi = block_images(g);
+    let blocks = g.n.div_ceil(bi);
+    let par = inner_parallelism(blocks);
     let mut partials = vec![0.0f32; blocks * wlen];
     par_chunks(&mut partials, wlen, |blk, acc| {
-        let end = ((blk + 1) * GRAD_WEIGHT_BLOCK).min(g.n);
-        for i in blk * GRAD_WEIGHT_BLOCK..end {
-            let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
-            let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
-            if g.is_pointwise() {
-                // cols^T[p][k] = x[k][p]
-                matmul(g.c_out, k, p, acc, k, true, dyi, p, 1, xi, 1, p);
+        let b0 = blk * bi;
+        let nb = bi.min(g.n - b0);
+        let ld = nb * p;
+        with_scratch(k * ld, |cols| {
+            for b in 0..nb {
+                let xi = &x[(b0 + b) * g.in_len()..(b0 + b + 1) * g.in_len()];
+                im2col(g, xi, &mut cols[b * p..], ld);
+            }
+            let dyb = &dy[b0 * g.out_len()..(b0 + nb) * g.out_len()];
+            if nb == 1 {
+                matmul(g.c_out, k, p, acc, k, false, dyb, p, 1, cols, 1, p, par);
             } else {
-                with_scratch(k * p, |cols| {
-                    im2col(g, xi, cols);
-                    matmul(g.c_out, k, p, acc, k, true, dyi, p, 1, cols, 1, p);
+                with_scratch(g.c_out * ld, |dyt| {
+                    to_block(dyb, dyt, g.c_out, p, nb);
+                    matmul(g.c_out, k, ld, acc, k, false, dyt, ld, 1, cols, 1, ld, par);
                 });
             }
-        }
+        });
     });
     let (first, rest) = partials.split_at_mut(wlen);
     for part in rest.chunks(wlen) {
@@ -488,10 +578,6 @@ fn conv_grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     partials.truncate(wlen);
     partials
 }
-
-/// Images per partial sum of the weight gradient: enough work per block
-/// to amortise its buffer, few enough blocks to share among the workers.
-const GRAD_WEIGHT_BLOCK: usize = 16;
 
 /// Input gradient.
 ///
@@ -531,15 +617,30 @@ fn conv_grad_input(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
         return conv_forward_raw(&gt, dy, &wt);
     }
     let mut dx = vec![0.0f32; g.n * g.in_len()];
-    if g.in_len() == 0 {
+    if g.in_len() == 0 || g.n == 0 {
         return dx;
     }
-    par_chunks(&mut dx, g.in_len(), |i, dxi| {
-        let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
-        with_scratch(k * p, |cols| {
-            // cols (k x p) = w^T (k x c_out) * dy_i (c_out x p)
-            matmul(k, p, g.c_out, cols, p, false, w, 1, k, dyi, p, 1);
-            col2im_add(g, cols, dxi);
+    let bi = block_images(g);
+    let par = inner_parallelism(g.n.div_ceil(bi));
+    par_chunks(&mut dx, bi * g.in_len(), |blk, dxb| {
+        let b0 = blk * bi;
+        let nb = dxb.len() / g.in_len();
+        let ld = nb * p;
+        let dyb = &dy[b0 * g.out_len()..(b0 + nb) * g.out_len()];
+        with_scratch(g.c_out * ld, |dyt| {
+            to_block(dyb, dyt, g.c_out, p, nb);
+            with_scratch(k * ld, |cols| {
+                // cols (k x nb*p) = w^T (k x c_out) * dy (c_out x nb*p)
+                matmul(k, ld, g.c_out, cols, ld, false, w, 1, k, dyt, ld, 1, par);
+                for b in 0..nb {
+                    col2im_add(
+                        g,
+                        &cols[b * p..],
+                        ld,
+                        &mut dxb[b * g.in_len()..(b + 1) * g.in_len()],
+                    );
+                }
+            });
         });
     });
     dx
@@ -675,33 +776,17 @@ impl GroupNormOp {
         }
         Ok((n, c, h * w))
     }
-}
 
-impl CustomOp3 for GroupNormOp {
-    fn name(&self) -> &'static str {
-        "primia-group-norm"
-    }
-
-    fn cpu_fwd(
+    /// Normalises, scales, shifts and (if `relu`) rectifies `x` (n, c, hw).
+    fn forward_raw(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let (n, c, hw) = self.dims(l1.dims())?;
-        let x = slice(s1, l1, self.name())?;
-        let gamma = slice(s2, l2, self.name())?;
-        let beta = slice(s3, l3, self.name())?;
-        if gamma.len() != c || beta.len() != c {
-            bail!(
-                "group_norm: {c} channels but {} scales and {} shifts",
-                gamma.len(),
-                beta.len()
-            );
-        }
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Vec<f32> {
         let mut y = vec![0.0f32; n * c * hw];
         let cpg = c / self.groups;
         let glen = cpg * hw;
@@ -724,33 +809,22 @@ impl CustomOp3 for GroupNormOp {
                 }
             });
         }
-        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+        y
     }
 
-    fn bwd(
+    /// The input, scale and shift gradients, given the input `xv`, the
+    /// scales `gv`, the output `yv` (for the ReLU mask) and its gradient `dy`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_raw(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, hw) = self.dims(x.dims())?;
-        let name = self.name();
-        let (xc, gc, dyc, yc) = (
-            contiguous(x)?,
-            contiguous(gamma)?,
-            contiguous(grad)?,
-            contiguous(res)?,
-        );
-        let (xg, xl) = xc.storage_and_layout();
-        let (gg, gl) = gc.storage_and_layout();
-        let (dyg, dyl) = dyc.storage_and_layout();
-        let (yg, yl) = yc.storage_and_layout();
-        let xv = data(&xg, xl, name)?;
-        let gv = data(&gg, gl, name)?;
-        let dy = data(&dyg, dyl, name)?;
-        let yv = data(&yg, yl, name)?;
+        n: usize,
+        c: usize,
+        hw: usize,
+        xv: &[f32],
+        gv: &[f32],
+        yv: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let cpg = c / self.groups;
         let glen = cpg * hw;
         let mut dx = vec![0.0f32; n * c * hw];
@@ -812,6 +886,64 @@ impl CustomOp3 for GroupNormOp {
                 dbeta[c0 + j] += part[cpg + j];
             }
         }
+        (dx, dgamma, dbeta)
+    }
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "primia-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (n, c, hw) = self.dims(l1.dims())?;
+        let x = slice(s1, l1, self.name())?;
+        let gamma = slice(s2, l2, self.name())?;
+        let beta = slice(s3, l3, self.name())?;
+        if gamma.len() != c || beta.len() != c {
+            bail!(
+                "group_norm: {c} channels but {} scales and {} shifts",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let y = self.forward_raw(n, c, hw, x, gamma, beta);
+        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, hw) = self.dims(x.dims())?;
+        let name = self.name();
+        let (xc, gc, dyc, yc) = (
+            contiguous(x)?,
+            contiguous(gamma)?,
+            contiguous(grad)?,
+            contiguous(res)?,
+        );
+        let (xg, xl) = xc.storage_and_layout();
+        let (gg, gl) = gc.storage_and_layout();
+        let (dyg, dyl) = dyc.storage_and_layout();
+        let (yg, yl) = yc.storage_and_layout();
+        let xv = data(&xg, xl, name)?;
+        let gv = data(&gg, gl, name)?;
+        let dy = data(&dyg, dyl, name)?;
+        let yv = data(&yg, yl, name)?;
+        let (dx, dgamma, dbeta) = self.backward_raw(n, c, hw, xv, gv, yv, dy);
         let dx = x
             .track_op()
             .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
@@ -847,6 +979,152 @@ pub fn group_norm(
             groups,
             eps: eps as f32,
             relu,
+        },
+    )
+}
+
+/// Convolution (no bias), group normalisation and ReLU as one op: the
+/// convolution's output stays inside the op (kept for the backward pass)
+/// instead of becoming a tensor of the graph, which saves candle's
+/// allocation, zero-filling and summing of that tensor's gradient.
+#[derive(Debug)]
+struct ConvNormReluOp {
+    conv: Conv2dOp,
+    norm: GroupNormOp,
+    /// The convolution's output, from the forward pass.
+    conv_out: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp3 for ConvNormReluOp {
+    fn name(&self) -> &'static str {
+        "primia-conv-norm-relu"
+    }
+
+    /// Arguments: input, convolution weights, and scales followed by shifts (2c).
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let g = ConvGeom::new(l1.dims(), l2.dims(), self.conv.stride, self.conv.pad)?;
+        let (x, w, gb) = (
+            slice(s1, l1, name)?,
+            slice(s2, l2, name)?,
+            slice(s3, l3, name)?,
+        );
+        let shape = [g.n, g.c_out, g.h_out, g.w_out];
+        let (n, c, hw) = self.norm.dims(&shape)?;
+        if gb.len() != 2 * c {
+            bail!(
+                "conv_norm_relu: {c} channels but {} scales and shifts",
+                gb.len()
+            );
+        }
+        let z = conv_forward_raw(&g, x, w);
+        let y = self.norm.forward_raw(n, c, hw, &z, &gb[..c], &gb[c..]);
+        *self.conv_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(z);
+        Ok((CpuStorage::F32(y), Shape::from(&shape[..])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let g = ConvGeom::new(x.dims(), w.dims(), self.conv.stride, self.conv.pad)?;
+        let (n, c, hw) = self.norm.dims(res.dims())?;
+        let (xc, wc, gbc, yc, dyc) = (
+            contiguous(x)?,
+            contiguous(w)?,
+            contiguous(gb)?,
+            contiguous(res)?,
+            contiguous(grad)?,
+        );
+        let (xg, xl) = xc.storage_and_layout();
+        let (wg, wl) = wc.storage_and_layout();
+        let (gbg, gbl) = gbc.storage_and_layout();
+        let (yg, yl) = yc.storage_and_layout();
+        let (dyg, dyl) = dyc.storage_and_layout();
+        let xv = data(&xg, xl, name)?;
+        let wv = data(&wg, wl, name)?;
+        let gbv = data(&gbg, gbl, name)?;
+        let yv = data(&yg, yl, name)?;
+        let dy = data(&dyg, dyl, name)?;
+        let saved = self.conv_out.lock().unwrap_or_else(|e| e.into_inner());
+        let recomputed;
+        let z = match saved.as_deref() {
+            Some(z) => z,
+            None => {
+                recomputed = conv_forward_raw(&g, xv, wv);
+                &recomputed
+            }
+        };
+        let (dz, dgamma, dbeta) = self.norm.backward_raw(n, c, hw, z, &gbv[..c], yv, dy);
+        drop(saved);
+        let dx = if x.track_op() {
+            let dx = conv_grad_input(&g, wv, &dz);
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let dw = conv_grad_weight(&g, xv, &dz);
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+        } else {
+            None
+        };
+        let dgb = if gb.track_op() {
+            let mut v = dgamma;
+            v.extend_from_slice(&dbeta);
+            Some(Tensor::from_vec(v, gb.shape(), gb.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, dgb))
+    }
+}
+
+/// `relu(group_norm(conv2d(x, weight)))` in one op: NCHW `x`,
+/// `(c_out, c_in, k, k)` weights without bias, per-channel `scale` and
+/// `shift`; the same result as [`conv2d`] followed by [`group_norm`] with ReLU.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_norm_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    eps: f64,
+) -> CResult<Tensor> {
+    for t in [x, weight, scale, shift] {
+        check_cpu_f32(t, "conv_norm_relu")?;
+    }
+    let gb = Tensor::cat(&[scale, shift], 0)?;
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &gb,
+        ConvNormReluOp {
+            conv: Conv2dOp {
+                stride,
+                pad: padding,
+            },
+            norm: GroupNormOp {
+                groups,
+                eps: eps as f32,
+                relu: true,
+            },
+            conv_out: Mutex::new(None),
         },
     )
 }

@@ -288,7 +288,20 @@ impl ConvNormRelu {
         Ok(ConvNormRelu { conv, norm })
     }
 
+    /// One fused kernel on the CPU; the two layers in turn elsewhere.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && self.conv.bias.is_none() {
+            return Ok(kernels::conv_norm_relu(
+                x,
+                &self.conv.weight,
+                &self.norm.weight,
+                &self.norm.bias,
+                self.conv.stride,
+                self.conv.padding,
+                self.norm.groups,
+                self.norm.eps,
+            )?);
+        }
         self.norm.forward_relu(&self.conv.forward(x)?, true)
     }
 }

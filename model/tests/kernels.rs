@@ -208,6 +208,41 @@ fn group_norm_matches_candle() {
 }
 
 #[test]
+fn fused_conv_norm_relu_matches_candle() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    // (n, c_in, c_out, size, stride, groups): the compact CNN's units at
+    // batch 64 and 1, and a strided stem.
+    let cases = [
+        (64, 1, 16, 28, 1, 4),
+        (64, 16, 32, 14, 1, 8),
+        (1, 32, 64, 7, 1, 8),
+        (3, 16, 16, 13, 2, 4),
+    ];
+    for (n, c_in, c_out, size, stride, groups) in cases {
+        let name = format!("conv_norm_relu n={n} {c_in}->{c_out} {size}px s={stride} g={groups}");
+        let x = var(&mut rng, &[n, c_in, size, size]);
+        let w = var(&mut rng, &[c_out, c_in, 3, 3]);
+        let g = Var::from_tensor(&(random(&mut rng, &[c_out]) + 1.0).unwrap()).unwrap();
+        let b = var(&mut rng, &[c_out]);
+        let got = kernels::conv_norm_relu(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap();
+        let z = x.conv2d(&w, 1, stride, 1, 1).unwrap();
+        let want = reference_group_norm(&z, &g, &b, groups, Some(&got));
+        check_close(&format!("{name}: output"), &got, &want, 1e-5);
+        let r = random(&mut rng, want.dims());
+        let gw = loss(&want, &r).backward().unwrap();
+        let gg = loss(&got, &r).backward().unwrap();
+        for (what, t) in [("input", &x), ("weight", &w), ("scale", &g), ("shift", &b)] {
+            check_close(
+                &format!("{name}: {what} gradient"),
+                gg.get(t.as_tensor()).unwrap(),
+                gw.get(t.as_tensor()).unwrap(),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
 fn group_norm_gradient_flows_through_a_broadcast() {
     // The last normalisation's output gradient comes from global average
     // pooling as a broadcast (non-contiguous) tensor.
