@@ -187,10 +187,14 @@ fn accountant_composes_and_survives_a_round_trip() {
     let whole = privacy::epsilon(0.01, 1.1, 10_000, 1e-5).unwrap();
     let got = acc.epsilon(1e-5).unwrap();
     assert!((got.epsilon - whole.epsilon).abs() < 1e-9 * whole.epsilon);
+    // Looking ahead changes nothing, and agrees with doing it.
+    let ahead = acc.epsilon_after(0.02, 2.0, 500, 1e-5).unwrap();
+    assert_eq!(acc.steps(), 10_000);
     // Heterogeneous steps: more spent than either part alone.
     acc.record(0.02, 2.0, 500).unwrap();
     let more = acc.epsilon(1e-5).unwrap().epsilon;
     assert!(more > got.epsilon);
+    assert_eq!(more, ahead.epsilon);
     // Durable form: the history alone restores the same answer.
     let json = serde_json::to_string(&acc).unwrap();
     let back: PrivacyAccountant = serde_json::from_str(&json).unwrap();

@@ -542,6 +542,22 @@ impl PrivacyAccountant {
         Ok(())
     }
 
+    /// Epsilon at `delta` once `steps` more steps at `sample_rate` and
+    /// `noise_multiplier` are taken, leaving this accountant as it is: the
+    /// check a member makes before a round, to stop contributing rather
+    /// than overspend its budget.
+    pub fn epsilon_after(
+        &self,
+        sample_rate: f64,
+        noise_multiplier: f64,
+        steps: u64,
+        delta: f64,
+    ) -> Result<PrivacySpent> {
+        let mut next = self.clone();
+        next.record(sample_rate, noise_multiplier, steps)?;
+        next.epsilon(delta)
+    }
+
     /// Epsilon spent so far at `delta`.
     pub fn epsilon(&self, delta: f64) -> Result<PrivacySpent> {
         if self.orders.is_empty() {

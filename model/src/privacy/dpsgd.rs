@@ -67,10 +67,10 @@ impl DpConfig {
     }
 }
 
-/// Most per-example gradient values held at once (16 Mi floats, 64 MB):
+/// Most per-example gradient values held at once (32 Mi floats, 128 MB):
 /// a large Poisson batch is processed in physical chunks under this bound,
 /// so memory does not grow with the drawn batch size.
-const MAX_PER_EXAMPLE_VALUES: usize = 1 << 24;
+const MAX_PER_EXAMPLE_VALUES: usize = 1 << 25;
 /// Most examples in one physical chunk (a Poisson batch larger than this is
 /// processed in several).
 const MAX_CHUNK: usize = 256;

@@ -8,13 +8,16 @@
 //! "probe", an identity op whose backward keeps the gradient flowing through
 //! it (candle's backward pass drops intermediate gradients once used). The
 //! backward pass of the summed per-example losses then leaves in the probes
-//! dL/d(output) of every layer, row i holding
-//! example i's part alone (every layer, GroupNorm included, treats examples
-//! independently). Each layer's per-example weight gradient is a small
-//! product of that with its saved input:
+//! dL/d(output) of every layer, row i holding example i's part alone (every
+//! layer, GroupNorm included, treats examples independently). That pass
+//! runs on detached copies of the parameters, so it computes only the
+//! gradients flowing between layers, not the batch weight gradients that
+//! the per-example ones replace. Each layer's per-example weight gradient is
+//! a small product of the probe's gradient with the layer's saved input:
 //!
-//! - convolution: `dW_i = dY_i . unfold(X_i)^T` (im2col, then one batched
-//!   matrix product), bias `db_i = sum_hw dY_i`;
+//! - convolution: `dW_i = dY_i . unfold(X_i)^T` (each core unfolds one
+//!   example at a time into a reused buffer and multiplies with gemm), bias
+//!   `db_i = sum_hw dY_i`;
 //! - GroupNorm: scale `sum_hw dY_i * xhat_i`, shift `sum_hw dY_i`, with
 //!   xhat recomputed from the layer's input and dY taken before the fused
 //!   ReLU (`dY * [output > 0]`);
