@@ -6,17 +6,22 @@
 //! sweep the whole activation. These ops do the same arithmetic in a few
 //! passes:
 //!
-//! - convolution forward is im2col followed by one matrix product per
-//!   image on the `gemm` crate (the kernels candle's own `matmul` uses);
-//!   the weight gradient is a second product per image, accumulated per
-//!   worker; the input gradient of a stride-1 convolution is the forward
-//!   kernel run on the output gradient with the flipped, transposed
-//!   weights (so no scatter), and of a strided one a product followed by
-//!   col2im;
+//! - convolution forward is im2col followed by a matrix product on the
+//!   `gemm` crate (the kernels candle's own `matmul` uses), one per image,
+//!   or per block of images side by side when the feature map is small
+//!   (so packing the weights is paid once per block); the weight gradient
+//!   is a second product per block, the blocks' partial sums added in a
+//!   fixed order; the input gradient of a stride-1 convolution is the
+//!   forward kernel run on the output gradient with the flipped,
+//!   transposed weights (so no scatter), and of a strided one a product
+//!   followed by col2im;
 //! - group normalisation computes each group's statistics once, writes the
 //!   normalised, scaled, shifted and rectified output in one sweep, and
 //!   its backward pass yields the input, scale and shift gradients in two
 //!   sweeps;
+//! - [`conv_norm_relu`] fuses the two, so the convolution's output never
+//!   becomes a tensor of candle's graph (whose gradient candle would
+//!   allocate, zero and sum);
 //! - 2x2 max-pooling sends each window's gradient to its first maximum,
 //!   as PyTorch does.
 //!
