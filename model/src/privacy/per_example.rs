@@ -29,7 +29,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Tensor, TensorId, Var};
+use candle_core::{
+    CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Storage, Tensor, TensorId, Var,
+};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Conv2d, ConvNormRelu, DetachMap, GroupNorm, Linear};
@@ -60,22 +62,21 @@ enum Record<'a> {
 /// Where a probe leaves the gradient of the tensor it marks.
 struct Probe {
     slot: Arc<Mutex<Option<Tensor>>>,
-    len: usize,
     dims: Vec<usize>,
 }
 
 impl Probe {
     /// dL/d(marked tensor), or zeros when the loss does not depend on it.
-    fn grad(&self) -> Result<Vec<f32>> {
+    fn grad(&self) -> Result<Tensor> {
         let g = self
             .slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        match g {
-            Some(g) => values(&g),
-            None => Ok(vec![0.0; self.len]),
-        }
+        Ok(match g {
+            Some(g) => g,
+            None => Tensor::zeros(self.dims.as_slice(), DType::F32, &Device::Cpu)?,
+        })
     }
 }
 
@@ -136,7 +137,6 @@ impl<'a> Tape<'a> {
     fn probe(y: Tensor) -> Result<(Tensor, Probe)> {
         let probe = Probe {
             slot: Arc::new(Mutex::new(None)),
-            len: y.elem_count(),
             dims: y.dims().to_vec(),
         };
         let marked = y.contiguous()?.apply_op1(ProbeOp(probe.slot.clone()))?;
@@ -199,6 +199,21 @@ pub(crate) struct PerExampleGrads {
 /// The float32 values of a tensor in row-major order.
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Runs `f` on a CPU float32 tensor's values in row-major order, read in
+/// place (activations are megabytes; copying each would cost a pass).
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return Err(ModelError::InvalidConfig(
+            "per-example gradients need contiguous float32 tensors on the CPU".into(),
+        ));
+    };
+    Ok(f(&v[start..end]))
 }
 
 /// Runs `f(first_example, rows, sq)` over `out` split into contiguous runs
@@ -507,13 +522,15 @@ pub(crate) fn per_example_grads(
                     ho,
                     wo,
                 };
-                let xs = values(input)?;
-                let (gw, part) = conv_per_example(&g, b, &xs, &dy);
+                let (gw, part) = with_values(&dy, |dy| {
+                    with_values(input, |xs| conv_per_example(&g, b, xs, dy))
+                })??;
                 add_sq(&part);
                 found.push((layer.weight().id(), gw));
                 if let Some(bias) = layer.bias() {
                     let hw = ho * wo;
-                    let gb: Vec<f32> = dy.chunks(hw).map(|r| r.iter().sum::<f32>()).collect();
+                    let gb: Vec<f32> =
+                        with_values(&dy, |dy| dy.chunks(hw).map(|r| r.iter().sum()).collect())?;
                     let part: Vec<f64> = gb.chunks(c_out).map(sum_sq).collect();
                     add_sq(&part);
                     found.push((bias.id(), gb));
@@ -528,16 +545,18 @@ pub(crate) fn per_example_grads(
             } => {
                 let dy = probe.grad()?;
                 let (_, c, h, w) = input.dims4()?;
-                let xs = values(input)?;
-                let out = if *relu { Some(values(output)?) } else { None };
-                let (both, part) = norm_per_example(
-                    (b, c, h * w),
-                    layer.groups(),
-                    layer.eps(),
-                    &xs,
-                    &dy,
-                    out.as_deref(),
-                );
+                let run = |xs: &[f32], dy: &[f32], out: Option<&[f32]>| {
+                    norm_per_example((b, c, h * w), layer.groups(), layer.eps(), xs, dy, out)
+                };
+                let (both, part) = with_values(input, |xs| {
+                    with_values(&dy, |dy| {
+                        if *relu {
+                            with_values(output, |out| run(xs, dy, Some(out)))
+                        } else {
+                            Ok(run(xs, dy, None))
+                        }
+                    })
+                })???;
                 add_sq(&part);
                 let mut gw = Vec::with_capacity(b * c);
                 let mut gb = Vec::with_capacity(b * c);
@@ -553,7 +572,7 @@ pub(crate) fn per_example_grads(
                 input,
                 probe,
             } => {
-                let dy = probe.grad()?;
+                let dy = values(&probe.grad()?)?;
                 let (_, d_in) = input.dims2()?;
                 let d_out = dy.len() / b;
                 let xs = values(input)?;
