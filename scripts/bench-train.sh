@@ -18,8 +18,21 @@
 #                       (default ~/.cache/primia-bench-venv; created and
 #                       torch installed from PyPI when missing)
 #
+# Each repetition also prints cpu_ms_per_img, the CPU time of all the
+# process's threads per image. On a machine busy with other work PyTorch's
+# OpenMP threads spin while they wait for a core and its wall-clock figure
+# collapses; BENCH_THREADS=1 compares the two without that effect.
+#
 # Last line:
 #   train-throughput model=cnn candle_img_s=... torch_img_s=... ratio=...
+#
+# Measured on the 2-core development machine (AMD EPYC, load average 4-9
+# from other builds), torch 2.15:
+#   2 threads: cnn candle 445 img/s (1.25-1.56 ms CPU/img), torch 130
+#              (2.0-5.9 ms CPU/img), ratio 3.43;
+#              resnet18 (batch 32) candle 38.3, torch 60.7, ratio 0.63
+#   1 thread:  cnn candle 364 img/s (1.00-1.05 ms CPU/img), torch 486
+#              (0.79-0.91 ms CPU/img), ratio 0.75
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
