@@ -203,10 +203,13 @@ pub struct TrainingConfig {
     pub local_steps: u32,
     /// Images per step. Default 32.
     pub batch_size: u32,
-    /// Learning rate of local training. Default 0.002.
+    /// Learning rate of local training. Default 0.02.
     pub learning_rate: f64,
-    /// Local optimiser: `adamw` (default) or `sgd` (momentum 0.9). Its
-    /// state (moments) stays with the member between rounds.
+    /// `cosine` (default): the learning rate decays over the configured
+    /// rounds (`round.rounds`) to 5 %; `constant`: it does not.
+    pub lr_schedule: String,
+    /// Local optimiser: `sgd` (default; momentum 0.9, Nesterov) or `adamw`.
+    /// It starts afresh from each global model.
     pub optimizer: String,
     /// Weight decay on convolution and linear weights. Default 0.0005.
     pub weight_decay: f64,
@@ -214,7 +217,8 @@ pub struct TrainingConfig {
     /// images. Default true.
     pub augment: bool,
     /// Class weights in the loss: `balanced` (default: each class of the
-    /// member's own data counts equally) or `none`.
+    /// member's own data counts equally), `none`, or one weight per class
+    /// agreed by the consortium (`"1.9,0.7"`).
     pub class_weights: String,
     /// Seed of the initial model (the same at every member) and, mixed with
     /// the member's name, of local shuffling and augmentation. Default 0.
@@ -231,8 +235,9 @@ impl Default for TrainingConfig {
             input_size: 28,
             local_steps: 20,
             batch_size: 32,
-            learning_rate: 0.002,
-            optimizer: "adamw".into(),
+            learning_rate: 0.02,
+            lr_schedule: "cosine".into(),
+            optimizer: "sgd".into(),
             weight_decay: 5e-4,
             augment: true,
             class_weights: "balanced".into(),
@@ -334,14 +339,16 @@ local_steps = 20
 # Images per step.
 batch_size = 32
 # Learning rate of local training.
-learning_rate = 0.002
-# Local optimiser: "adamw" or "sgd".
-optimizer = "adamw"
+learning_rate = 0.02
+# "cosine": decays over round.rounds to 5 %; "constant".
+lr_schedule = "cosine"
+# Local optimiser: "sgd" (Nesterov momentum 0.9) or "adamw"; fresh from each global model.
+optimizer = "sgd"
 # Weight decay on convolution and linear weights.
 weight_decay = 0.0005
 # Random rotation, shift, zoom, brightness and contrast of training images.
 augment = true
-# Class weights in the loss: "balanced" or "none".
+# Class weights in the loss: "balanced" (per member), "none", or agreed weights per class ("1.9,0.7").
 class_weights = "balanced"
 # Seed of the initial model (shared) and of local shuffling and augmentation.
 seed = 0
@@ -460,20 +467,23 @@ impl Config {
                 ),
             ));
         }
+        if !matches!(t.lr_schedule.as_str(), "cosine" | "constant") {
+            return Err(field(
+                "training.lr_schedule",
+                format!(
+                    "unknown schedule {:?} (expected \"cosine\" or \"constant\")",
+                    t.lr_schedule
+                ),
+            ));
+        }
         if !(t.weight_decay.is_finite() && (0.0..1.0).contains(&t.weight_decay)) {
             return Err(field(
                 "training.weight_decay",
                 format!("{} is not in [0, 1)", t.weight_decay),
             ));
         }
-        if !matches!(t.class_weights.as_str(), "balanced" | "none") {
-            return Err(field(
-                "training.class_weights",
-                format!(
-                    "unknown class weighting {:?} (expected \"balanced\" or \"none\")",
-                    t.class_weights
-                ),
-            ));
+        if let Err(reason) = crate::node::train::class_weighting(&t.class_weights) {
+            return Err(field("training.class_weights", reason));
         }
         if t.vector_len == 0 || t.vector_len > MAX_TEST_VECTOR_LEN {
             return Err(field(

@@ -47,9 +47,22 @@ pub struct Args {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch_size: u32,
 
-    /// Learning rate of local training (AdamW).
-    #[arg(long, default_value_t = 0.002)]
-    pub lr: f64,
+    /// Local optimiser: sgd (momentum 0.9, Nesterov) or adamw.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+
+    /// Learning rate of local training, decayed by a cosine over the rounds
+    /// [default: 0.02 for sgd, 0.002 for adamw].
+    #[arg(long)]
+    pub lr: Option<f64>,
+
+    /// Class weights in the local loss: pooled (every hospital uses the
+    /// weights that balance the classes over all hospitals' training images,
+    /// as a consortium would agree from its members' counts), balanced (each
+    /// hospital balances its own data: with strongly skewed hospitals a
+    /// handful of images get enormous weight), none, or weights like 1.9,0.7.
+    #[arg(long, default_value = "balanced")]
+    pub class_weights: String,
 
     /// Network: cnn or resnet18.
     #[arg(long, default_value = "cnn")]
@@ -137,12 +150,30 @@ impl Args {
         if let Some(p) = &self.data {
             anyhow::ensure!(p.exists(), "--data {}: not found", p.display());
         }
+        anyhow::ensure!(
+            matches!(self.optimizer.as_str(), "sgd" | "adamw"),
+            "--optimizer {:?}: expected sgd or adamw",
+            self.optimizer
+        );
+        let lr = self
+            .lr
+            .unwrap_or(if self.optimizer == "sgd" { 0.02 } else { 0.002 });
+        anyhow::ensure!(
+            lr.is_finite() && lr > 0.0 && lr <= 10.0,
+            "--lr {lr}: must be in (0, 10]"
+        );
+        if self.class_weights != "pooled" {
+            crate::node::train::class_weighting(&self.class_weights)
+                .map_err(|e| anyhow::anyhow!("--class-weights: {e}"))?;
+        }
         let training = TrainingConfig {
             model: self.model.clone(),
             input_size,
             local_steps: self.local_steps,
             batch_size: self.batch_size,
-            learning_rate: self.lr,
+            learning_rate: lr,
+            optimizer: self.optimizer.clone(),
+            class_weights: self.class_weights.clone(),
             seed: self.seed,
             ..TrainingConfig::default()
         };
@@ -150,11 +181,6 @@ impl Args {
             training.model.parse::<primia_model::Architecture>().is_ok(),
             "--model {:?}: expected cnn or resnet18",
             training.model
-        );
-        anyhow::ensure!(
-            self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0,
-            "--lr {}: must be in (0, 10]",
-            self.lr
         );
         Ok(SimOptions {
             hospitals: self.hospitals as usize,

@@ -159,9 +159,10 @@ pub async fn run_with(
                     .clone()
                     .context("training mode \"train\" needs data_dir")?;
                 let training = config.training.clone();
+                let horizon = config.round.rounds;
                 let member = name.clone();
                 let source = tokio::task::spawn_blocking(move || {
-                    LocalTraining::load(&data, &training, &member)
+                    LocalTraining::load(&data, &training, horizon, &member)
                 })
                 .await
                 .context("data loading task failed")?

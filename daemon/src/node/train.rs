@@ -27,16 +27,23 @@ const MEMBER_SEED: &str = "primia 2026-11 daemon member training seed v1";
 /// secure aggregation (`primia_crypto::fixed::MAX_EXAMPLES`).
 const MAX_EXAMPLES: usize = primia_crypto::fixed::MAX_EXAMPLES as usize;
 
-/// A hospital's local training: its data, its copy of the model, and its
-/// optimiser state, which stays here between rounds.
+/// A hospital's local training: its data and its copy of the model.
+///
+/// The optimiser starts afresh from every global model, as in FedAvg:
+/// moments carried over from the previous round point where this member's
+/// own data pulled the model last time, not where the consortium's average
+/// is, and with skewed data they make the global model swing from round to
+/// round.
 pub struct LocalTraining {
     spec: ModelSpec,
     seed: u64,
     model: Model,
-    trainer: Trainer,
+    train_cfg: TrainConfig,
     train: Dataset,
     val: Dataset,
     steps: u64,
+    /// Rounds over which the learning rate decays (cosine); 0 keeps it constant.
+    horizon: u64,
     rng: ChaCha8Rng,
     settings: String,
 }
@@ -56,7 +63,12 @@ impl LocalTraining {
     /// or a MedMNIST `.npz`) and prepares training as `cfg` says. A folder
     /// is split per class, deterministically: 70 % training, 10 %
     /// validation (the 20 % test share is left for the hospital's own use).
-    pub fn load(data: &Path, cfg: &TrainingConfig, member: &str) -> anyhow::Result<Self> {
+    pub fn load(
+        data: &Path,
+        cfg: &TrainingConfig,
+        horizon: u64,
+        member: &str,
+    ) -> anyhow::Result<Self> {
         let source = DataSource::from_path(Some(data));
         if matches!(source, DataSource::MedMnist(_)) && !data.is_file() {
             anyhow::bail!(
@@ -74,14 +86,19 @@ impl LocalTraining {
             );
         }
         tracing::info!(data = %loaded.description, "training data loaded");
-        Self::new(loaded.splits.train, loaded.splits.val, cfg, member)
+        Self::new(loaded.splits.train, loaded.splits.val, cfg, horizon, member)
     }
 
-    /// Local training on `train`, measured on `val`.
+    /// Local training on `train`, measured on `val`. With `cfg.lr_schedule`
+    /// `cosine` and a `horizon` of R rounds, round r trains at
+    /// `lr * (0.05 + 0.95 * (1 + cos(pi * (r - 1) / R)) / 2)`: large steps
+    /// while the consortium's model is far from good, small ones once the
+    /// members' pulls in different directions would only make it swing.
     pub fn new(
         train: Dataset,
         val: Dataset,
         cfg: &TrainingConfig,
+        horizon: u64,
         member: &str,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!train.is_empty(), "no training images");
@@ -100,14 +117,17 @@ impl LocalTraining {
         let spec = ModelSpec::new(architecture, cfg.input_size, train.classes())?;
         let train_cfg = train_config(cfg);
         let model = Model::new(spec.clone(), cfg.seed)?;
-        let trainer = Trainer::new(&model, &train_cfg)?;
+        // Checked now, so that a bad setting is refused at start.
+        Trainer::new(&model, &train_cfg)?;
         let settings = format!(
-            "{} fingerprint={} local_steps={} batch_size={} learning_rate={} optimizer={} weight_decay={} augment={} class_weights={} seed={}",
+            "{} fingerprint={} local_steps={} batch_size={} learning_rate={} lr_schedule={}/{} optimizer={} weight_decay={} augment={} class_weights={} seed={}",
             spec.canonical(),
             &model.fingerprint().to_hex()[..16],
             cfg.local_steps,
             cfg.batch_size,
             cfg.learning_rate,
+            cfg.lr_schedule,
+            horizon,
             cfg.optimizer,
             cfg.weight_decay,
             cfg.augment,
@@ -121,10 +141,15 @@ impl LocalTraining {
             spec,
             seed: cfg.seed,
             model,
-            trainer,
+            train_cfg,
             train,
             val,
             steps: u64::from(cfg.local_steps),
+            horizon: if cfg.lr_schedule == "cosine" {
+                horizon
+            } else {
+                0
+            },
             rng: ChaCha8Rng::from_seed(*h.finalize().as_bytes()),
             settings,
         })
@@ -147,14 +172,53 @@ pub fn train_config(cfg: &TrainingConfig) -> TrainConfig {
         lr: cfg.learning_rate,
         weight_decay: cfg.weight_decay,
         batch_size: cfg.batch_size as usize,
-        class_weighting: if cfg.class_weights == "none" {
-            ClassWeighting::None
-        } else {
-            ClassWeighting::Balanced
-        },
+        class_weighting: class_weighting(&cfg.class_weights).unwrap_or(ClassWeighting::None),
         augment: cfg.augment.then(Default::default),
         ..TrainConfig::default()
     }
+}
+
+/// Parses `training.class_weights`: `none`, `balanced`, or one weight per
+/// class separated by commas (`1.9,0.7`), which a consortium agrees on, for
+/// example from the classes' prevalence over all members: unlike
+/// `balanced`, which each member computes on its own data, fixed weights
+/// make the members' losses add up to one objective.
+pub fn class_weighting(text: &str) -> Result<ClassWeighting, String> {
+    match text {
+        "none" => Ok(ClassWeighting::None),
+        "balanced" => Ok(ClassWeighting::Balanced),
+        list => {
+            let weights = list
+                .split(',')
+                .map(|w| {
+                    w.trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|w| w.is_finite() && *w >= 0.0 && *w <= 1e6)
+                        .ok_or_else(|| format!("{w:?} is not a weight between 0 and 1e6"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    format!("expected \"none\", \"balanced\" or weights like \"1.9,0.7\": {e}")
+                })?;
+            if weights.len() < 2 || weights.iter().all(|w| *w == 0.0) {
+                return Err(format!(
+                    "expected one weight per class (at least 2, not all zero), found {list:?}"
+                ));
+            }
+            Ok(ClassWeighting::Manual(weights))
+        }
+    }
+}
+
+/// The learning-rate factor of `round` (from 1) under a cosine decay over
+/// `horizon` rounds; 1 without a horizon.
+pub fn lr_factor(round: u64, horizon: u64) -> f64 {
+    if horizon == 0 {
+        return 1.0;
+    }
+    let progress = (round.saturating_sub(1) as f64 / horizon as f64).min(1.0);
+    0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
 /// The metrics a member records for a model on its validation images.
@@ -195,9 +259,12 @@ impl UpdateSource for LocalTraining {
 
     fn update(&mut self, round: u64, base: &GlobalModel) -> anyhow::Result<Update> {
         self.model.unflatten(&base.params)?;
-        let span = tracing::info_span!("train", round, steps = self.steps);
+        let mut cfg = self.train_cfg.clone();
+        cfg.lr *= lr_factor(round, self.horizon);
+        let span = tracing::info_span!("train", round, steps = self.steps, lr = cfg.lr);
         let _g = span.enter();
-        let report = self.trainer.train_steps(
+        let mut trainer = Trainer::new(&self.model, &cfg)?;
+        let report = trainer.train_steps(
             &mut self.model,
             &self.train,
             self.steps,
@@ -220,5 +287,34 @@ impl UpdateSource for LocalTraining {
             n_examples: self.train.len() as u32,
             delta: Zeroizing::new(delta),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lr_factor;
+
+    #[test]
+    fn class_weights_parse() {
+        use super::{ClassWeighting, class_weighting};
+        assert_eq!(class_weighting("none"), Ok(ClassWeighting::None));
+        assert_eq!(class_weighting("balanced"), Ok(ClassWeighting::Balanced));
+        assert_eq!(
+            class_weighting("1.5, 0.5"),
+            Ok(ClassWeighting::Manual(vec![1.5, 0.5]))
+        );
+        for bad in ["", "1", "0,0", "1,x", "-1,2", "nan,1"] {
+            assert!(class_weighting(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cosine_decay_over_the_rounds() {
+        assert_eq!(lr_factor(7, 0), 1.0);
+        assert!((lr_factor(1, 10) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(6, 10) - 0.525).abs() < 1e-12);
+        assert!(lr_factor(10, 10) < 0.1 && lr_factor(10, 10) > 0.05);
+        assert!((lr_factor(50, 10) - 0.05).abs() < 1e-12);
+        assert!((1..10).all(|r| lr_factor(r + 1, 10) < lr_factor(r, 10)));
     }
 }

@@ -292,6 +292,8 @@ struct Share {
 /// The data of a simulation: the splits, each hospital's share, the
 /// hospitals' class counts, and what the data is.
 struct Prepared {
+    /// The options with `pooled` class weights resolved to numbers.
+    opts: SimOptions,
     splits: Splits,
     shares: Vec<Share>,
     counts: Vec<Vec<usize>>,
@@ -322,6 +324,25 @@ fn prepare_data(opts: &SimOptions) -> anyhow::Result<Prepared> {
         ),
         Some(p) => p.display().to_string(),
     };
+    let mut opts = opts.clone();
+    if opts.training.class_weights == "pooled" {
+        // What the consortium would agree on from its members' class counts.
+        let counts = splits.train.class_counts();
+        let n: usize = counts.iter().sum();
+        let k = counts.iter().filter(|&&c| c > 0).count().max(1);
+        opts.training.class_weights = counts
+            .iter()
+            .map(|&c| {
+                if c == 0 {
+                    "0".to_string()
+                } else {
+                    format!("{:.4}", n as f64 / (k * c) as f64)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    let opts = &opts;
     let (train, split) = splits
         .train
         .split_hospitals(opts.hospitals, opts.split, opts.training.seed)
@@ -345,6 +366,7 @@ fn prepare_data(opts: &SimOptions) -> anyhow::Result<Prepared> {
         .map(|(train, val)| Share { train, val })
         .collect();
     Ok(Prepared {
+        opts: opts.clone(),
         splits,
         shares,
         counts: split.counts,
@@ -405,7 +427,7 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
              [network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n\n\
              [round]\ncollect_ms = {collect}\nleader_silence_ms = {silence}\nmax_attempts = 8\nrounds = {rounds}\npause_ms = 0\n\n\
              [training]\nmode = \"train\"\nmodel = \"{model}\"\ninput_size = {input}\nlocal_steps = {steps}\n\
-             batch_size = {batch}\nlearning_rate = {lr}\noptimizer = \"{opt}\"\nweight_decay = {wd}\n\
+             batch_size = {batch}\nlearning_rate = {lr}\nlr_schedule = \"{schedule}\"\noptimizer = \"{opt}\"\nweight_decay = {wd}\n\
              augment = {augment}\nclass_weights = \"{cw}\"\nseed = {seed}\n",
             collect = opts.collect_ms,
             silence = opts.collect_ms * 3,
@@ -415,6 +437,7 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
             steps = t.local_steps,
             batch = t.batch_size,
             lr = t.learning_rate,
+            schedule = t.lr_schedule,
             opt = t.optimizer,
             wd = t.weight_decay,
             augment = t.augment,
@@ -525,7 +548,16 @@ fn baseline(
 ) -> anyhow::Result<Measured> {
     let spec = primia_model::ModelSpec::new(cfg.model.parse()?, cfg.input_size, test.classes())?;
     let mut model = Model::new(spec, cfg.seed)?;
-    let mut trainer = Trainer::new(&model, &train_config(cfg))?;
+    let mut tc = train_config(cfg);
+    if cfg.lr_schedule == "cosine" {
+        // The same decay as the federation's, over this run's steps.
+        tc.schedule = primia_model::LrSchedule::Cosine {
+            warmup_steps: 0,
+            total_steps: steps,
+            final_frac: 0.05,
+        };
+    }
+    let mut trainer = Trainer::new(&model, &tc)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     trainer.train_steps(&mut model, train, steps, &mut rng, |_| {})?;
     measure(&model, val, test)
@@ -553,11 +585,13 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
     opts.validate()?;
     let started = Instant::now();
     let Prepared {
+        opts,
         splits,
         shares,
         counts,
         what,
     } = prepare_data(opts)?;
+    let opts = &opts;
     let configs = write_consortium(opts, &shares)?;
     let names: Vec<String> = configs.iter().map(|(n, _)| n.clone()).collect();
     let member_names = names_by_member(&configs)?;
