@@ -118,6 +118,8 @@ pub struct Config {
     pub round: RoundTiming,
     /// What each member contributes to a round.
     pub training: TrainingConfig,
+    /// Differentially private training.
+    pub privacy: PrivacyConfig,
 }
 
 /// `[network]`: where to listen and how to find the others.
@@ -247,6 +249,39 @@ impl Default for TrainingConfig {
     }
 }
 
+/// `[privacy]`: differentially private local training (DP-SGD with a Renyi
+/// accountant). Each hospital chooses its own budget; it is not part of the
+/// settings members must share.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Train with DP-SGD. Default false.
+    pub enabled: bool,
+    /// The budget: the member stops contributing updates (it still
+    /// receives models) before its epsilon would exceed this. Default 8.
+    pub target_epsilon: f64,
+    /// The delta of the guarantee. Default 1e-5.
+    pub delta: f64,
+    /// L2 bound on each example's gradient. Default 1.0.
+    pub clip_norm: f64,
+    /// Noise standard deviation over the clipping norm. Absent: the
+    /// smallest that keeps the whole run (`round.rounds` times
+    /// `training.local_steps` steps) within the budget.
+    pub noise_multiplier: Option<f64>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            target_epsilon: 8.0,
+            delta: 1e-5,
+            clip_norm: 1.0,
+            noise_multiplier: None,
+        }
+    }
+}
+
 /// The config file as written, before paths are resolved and addresses parsed.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,6 +297,8 @@ struct RawConfig {
     round: RoundTiming,
     #[serde(default)]
     training: TrainingConfig,
+    #[serde(default)]
+    privacy: PrivacyConfig,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +391,19 @@ class_weights = "balanced"
 seed = 0
 # Length of the test vector in "test-vectors" mode.
 vector_len = 100000
+
+[privacy]
+# Train with DP-SGD (per-example clipping, Gaussian noise, Renyi accountant).
+enabled = false
+# Budget: this member stops contributing updates before epsilon would exceed it.
+target_epsilon = 8.0
+# Delta of the (epsilon, delta) guarantee.
+delta = 1e-5
+# L2 bound on each example's gradient.
+clip_norm = 1.0
+# Noise over the clipping norm; leave out to derive it from the budget,
+# round.rounds and training.local_steps.
+# noise_multiplier = 1.1
 "#;
 
 impl Config {
@@ -491,6 +541,36 @@ impl Config {
                 format!("{} outside 1..={MAX_TEST_VECTOR_LEN}", t.vector_len),
             ));
         }
+        let p = &raw.privacy;
+        if p.enabled {
+            use primia_model::privacy::accountant as acc;
+            acc::check_epsilon(p.target_epsilon)
+                .map_err(|e| field("privacy.target_epsilon", e.to_string()))?;
+            acc::check_delta(p.delta).map_err(|e| field("privacy.delta", e.to_string()))?;
+            if !(p.clip_norm.is_finite() && p.clip_norm > 0.0) {
+                return Err(field(
+                    "privacy.clip_norm",
+                    format!("{} is not a positive number", p.clip_norm),
+                ));
+            }
+            match p.noise_multiplier {
+                Some(s) => acc::check_noise_multiplier(s)
+                    .map_err(|e| field("privacy.noise_multiplier", e.to_string()))?,
+                None if raw.round.rounds == 0 => {
+                    return Err(field(
+                        "privacy.noise_multiplier",
+                        "missing, and it cannot be derived from the budget when round.rounds is 0 (no planned end): set one, or set round.rounds".into(),
+                    ));
+                }
+                None => {}
+            }
+            if t.mode != TrainingMode::Train {
+                return Err(field(
+                    "privacy.enabled",
+                    "differential privacy needs training mode \"train\"".into(),
+                ));
+            }
+        }
         let data_dir = raw.data_dir.map(|p| resolve("data_dir", p)).transpose()?;
         if t.mode == TrainingMode::Train && data_dir.is_none() {
             return Err(field(
@@ -512,6 +592,7 @@ impl Config {
             },
             round: raw.round,
             training: raw.training,
+            privacy: raw.privacy,
         })
     }
 

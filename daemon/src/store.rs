@@ -28,6 +28,7 @@
 //! | `meta` | `schema_version` | u32 big-endian |
 //! | `meta` | `current_model` | 32-byte hash |
 //! | `meta` | `privacy_spent` | JSON [`PrivacySpent`] |
+//! | `meta` | `privacy_accountant` | JSON of the model crate's `PrivacyAccountant` (its history of DP steps) |
 //! | `models` | hash | model blob |
 //! | `model_meta` | hash | JSON [`ModelMeta`] |
 //! | `journal` | round u64 BE, attempt u32 BE | JSON [`JournalEntry`] |
@@ -67,6 +68,7 @@ pub const DB_DIR: &str = "db";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_CURRENT: &[u8] = b"current_model";
 const KEY_PRIVACY: &[u8] = b"privacy_spent";
+const KEY_ACCOUNTANT: &[u8] = b"privacy_accountant";
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -842,6 +844,42 @@ impl Store {
             .insert(KEY_PRIVACY, encode_record(&spent)?)
             .map_err(db_err("cannot write the privacy budget"))?;
         self.flush()
+    }
+
+    /// Stores the privacy accountant's state (`accountant`, its JSON) and
+    /// the budget it reports spent, together and flushed: after a crash
+    /// both are from the same moment.
+    pub fn set_privacy_accounting(&self, spent: PrivacySpent, accountant: &[u8]) -> Result<()> {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !ok(spent.epsilon) || !ok(spent.delta) || spent.delta >= 1.0 {
+            return Err(StoreError::Invalid(format!(
+                "privacy budget epsilon {} delta {} is not a finite epsilon >= 0 with 0 <= delta < 1",
+                spent.epsilon, spent.delta
+            )));
+        }
+        if accountant.len() > MAX_RECORD_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "privacy accountant of {} bytes",
+                accountant.len()
+            )));
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_PRIVACY, encode_record(&spent)?);
+        batch.insert(KEY_ACCOUNTANT, accountant);
+        self.meta
+            .apply_batch(batch)
+            .map_err(db_err("cannot write the privacy accounting"))?;
+        self.flush()
+    }
+
+    /// The privacy accountant's state as stored by
+    /// [`Store::set_privacy_accounting`], if any.
+    pub fn privacy_accountant(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .meta
+            .get(KEY_ACCOUNTANT)
+            .map_err(db_err("cannot read the privacy accountant"))?
+            .map(|v| v.to_vec()))
     }
 
     /// The privacy budget spent so far (zero before any is recorded).

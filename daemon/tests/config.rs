@@ -158,6 +158,26 @@ fn mistakes_name_the_field() {
         &["field `training.input_size`"],
     );
     check_err(
+        &format!("{MINIMAL}[privacy]\nenabled = true\n"),
+        &["field `privacy.noise_multiplier`", "round.rounds"],
+    );
+    check_err(
+        &format!("{MINIMAL}[round]\nrounds = 5\n[privacy]\nenabled = true\ndelta = 2.0\n"),
+        &["field `privacy.delta`"],
+    );
+    check_err(
+        &format!("{MINIMAL}[round]\nrounds = 5\n[privacy]\nenabled = true\nclip_norm = 0.0\n"),
+        &["field `privacy.clip_norm`"],
+    );
+    check_err(
+        &format!("{MINIMAL}[training]\nclass_weights = \"1,x\"\n"),
+        &["field `training.class_weights`"],
+    );
+    check_err(
+        &format!("{MINIMAL}[training]\nlr_schedule = \"linear\"\n"),
+        &["field `training.lr_schedule`"],
+    );
+    check_err(
         "roster = \"r\"\nkey = \"k\"\nstorage_dir = \"s\"\n",
         &["field `data_dir`", "train"],
     );

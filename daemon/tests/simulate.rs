@@ -149,3 +149,40 @@ fn a_hospital_killed_and_restarted_catches_up() {
     assert_eq!(rounds[5]["participants"], 3, "{}", rounds[5]);
     assert_eq!(r["failures"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn differentially_private_simulation_stays_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = simulate(
+        &dir.path().join("report"),
+        &[
+            "--hospitals",
+            "3",
+            "--rounds",
+            "3",
+            "--synthetic",
+            "400",
+            "--local-steps",
+            "4",
+            "--batch-size",
+            "16",
+            "--no-baselines",
+            "--dp-epsilon",
+            "4",
+        ],
+    );
+    assert_eq!(r["dp_target_epsilon"], 4.0);
+    let spent: Vec<f64> = r["privacy_epsilon"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_f64().unwrap())
+        .collect();
+    assert_eq!(spent.len(), 3);
+    for e in spent {
+        // The noise is derived for the planned steps, so the whole run
+        // spends close to (never more than) the budget.
+        assert!(e > 1.0 && e <= 4.0, "spent epsilon {e}");
+    }
+    assert_eq!(r["members_agree"], true);
+}

@@ -97,6 +97,20 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Train with differential privacy (DP-SGD) at every hospital, within
+    /// this epsilon (at --dp-delta) over the whole run; the noise is derived
+    /// from the budget, the rounds and the local steps.
+    #[arg(long, value_name = "EPSILON")]
+    pub dp_epsilon: Option<f64>,
+
+    /// The delta of the privacy guarantee.
+    #[arg(long, default_value_t = 1e-5, requires = "dp_epsilon")]
+    pub dp_delta: f64,
+
+    /// L2 bound on each example's gradient under differential privacy.
+    #[arg(long, default_value_t = 1.0, requires = "dp_epsilon")]
+    pub dp_clip: f64,
+
     /// Skip the centralised and hospital-alone baselines.
     #[arg(long)]
     pub no_baselines: bool,
@@ -194,6 +208,13 @@ impl Args {
             state_dir: self.state_dir.clone().unwrap_or_else(sim::temp_state_dir),
             baselines: !self.no_baselines,
             collect_ms: self.collect_ms,
+            privacy: self.dp_epsilon.map(|e| crate::config::PrivacyConfig {
+                enabled: true,
+                target_epsilon: e,
+                delta: self.dp_delta,
+                clip_norm: self.dp_clip,
+                noise_multiplier: None,
+            }),
         })
     }
 }

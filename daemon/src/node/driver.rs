@@ -27,8 +27,8 @@ use crate::control::{ModelStatus, RoundStatus, SNAPSHOT_VERSION, StatusSnapshot,
 use crate::identity::NodeIdentity;
 use crate::net::{NetEvent, NetworkClient, ResponseHandle};
 use crate::store::{
-    AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, Store,
-    now_unix_ms,
+    AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, PrivacySpent,
+    Store, now_unix_ms,
 };
 
 /// Journal entries kept in the status.
@@ -229,6 +229,8 @@ pub(super) struct Driver {
     metrics: VecDeque<MetricsEntry>,
     /// The last model the source measured, so it is measured once.
     evaluated: Option<u64>,
+    /// The differential-privacy budget spent, as the store has it.
+    privacy: PrivacySpent,
 }
 
 /// Runs blocking store work off the event loop's thread.
@@ -270,6 +272,10 @@ impl Driver {
         let metrics = {
             let store = Arc::clone(&store);
             blocking(move || store.metrics_history(RECENT_METRICS)).await??
+        };
+        let privacy = {
+            let store = Arc::clone(&store);
+            blocking(move || store.privacy_spent()).await??
         };
         let protocol_roster = Arc::new(roster.roster.clone());
         let announcement = Announcement::sign(
@@ -352,6 +358,7 @@ impl Driver {
             settings,
             metrics: metrics.into_iter().rev().collect(),
             evaluated: None,
+            privacy,
             config,
         };
         let target = driver.config.round.rounds;
@@ -1487,6 +1494,8 @@ impl Driver {
             } => {
                 self.source = Some(source);
                 self.record_metrics(round - 1, metrics).await?;
+                let store = Arc::clone(&self.store);
+                self.privacy = blocking(move || store.privacy_spent()).await??;
                 self.evaluate_final();
                 if round != self.model.round + 1 {
                     // Made from a model this member has since left behind.
@@ -1655,7 +1664,7 @@ impl Driver {
             }),
             recent_attempts: self.recent.iter().cloned().collect(),
             metrics: self.metrics.iter().cloned().collect(),
-            privacy_spent: Default::default(),
+            privacy_spent: self.privacy,
             storage_dir: self.config.storage_dir.display().to_string(),
             started_unix_ms: self.started_unix_ms,
             updated_unix_ms: now_unix_ms(),

@@ -145,6 +145,11 @@ pub async fn run_with(
         )
     })?;
     let name = roster.name_of(me).to_owned();
+    let storage_dir = config.storage_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&storage_dir))
+        .await
+        .context("store task failed")??;
+    let store = Arc::new(store);
     let source = match source {
         Some(s) => s,
         None => match config.training.mode {
@@ -161,8 +166,12 @@ pub async fn run_with(
                 let training = config.training.clone();
                 let horizon = config.round.rounds;
                 let member = name.clone();
+                let privacy = config
+                    .privacy
+                    .enabled
+                    .then(|| (config.privacy.clone(), Arc::clone(&store)));
                 let source = tokio::task::spawn_blocking(move || {
-                    LocalTraining::load(&data, &training, horizon, &member)
+                    LocalTraining::load(&data, &training, horizon, privacy, &member)
                 })
                 .await
                 .context("data loading task failed")?
@@ -171,11 +180,6 @@ pub async fn run_with(
             }
         },
     };
-    let storage_dir = config.storage_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&storage_dir))
-        .await
-        .context("store task failed")??;
-    let store = Arc::new(store);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {

@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use primia_model::data::{DataSource, load};
+use primia_model::privacy::{DpConfig, DpTrainer, PrivacyAccountant, noise_multiplier_for};
 use primia_model::train::{ClassWeighting, Trainer, evaluate};
 use primia_model::{Architecture, Dataset, Model, ModelSpec, OptimizerKind, TrainConfig};
 use rand::SeedableRng;
@@ -17,7 +19,8 @@ use zeroize::Zeroizing;
 
 use super::model::GlobalModel;
 use super::source::{Update, UpdateSource};
-use crate::config::TrainingConfig;
+use crate::config::{PrivacyConfig, TrainingConfig};
+use crate::store::{PrivacySpent, Store};
 
 /// Context of the member's training seed: the shared seed mixed with the
 /// member's name, so hospitals shuffle and augment differently.
@@ -44,6 +47,8 @@ pub struct LocalTraining {
     steps: u64,
     /// Rounds over which the learning rate decays (cosine); 0 keeps it constant.
     horizon: u64,
+    /// DP-SGD and its accountant, when `[privacy]` is enabled.
+    private: Option<Private>,
     rng: ChaCha8Rng,
     settings: String,
 }
@@ -58,6 +63,82 @@ impl std::fmt::Debug for LocalTraining {
     }
 }
 
+/// Differentially private training of one member: DP-SGD's settings, the
+/// budget, and the accountant, kept durably in the member's store.
+struct Private {
+    dp: DpConfig,
+    target_epsilon: f64,
+    delta: f64,
+    accountant: PrivacyAccountant,
+    store: Arc<Store>,
+    /// The budget is used up: updates are empty from now on.
+    exhausted: bool,
+}
+
+impl Private {
+    /// Sets DP-SGD up for `examples` training images and a run of
+    /// `planned_steps` steps, with the accountant as stored.
+    fn new(
+        cfg: &PrivacyConfig,
+        store: Arc<Store>,
+        batch_size: usize,
+        examples: usize,
+        planned_steps: u64,
+    ) -> anyhow::Result<Self> {
+        let sample_rate = DpConfig::sample_rate_for(batch_size, examples);
+        let noise_multiplier = match cfg.noise_multiplier {
+            Some(s) => s,
+            None => {
+                noise_multiplier_for(sample_rate, planned_steps, cfg.delta, cfg.target_epsilon)
+                    .context("privacy: no noise multiplier meets the budget")?
+                    .noise_multiplier
+            }
+        };
+        let dp = DpConfig {
+            clip_norm: cfg.clip_norm,
+            noise_multiplier,
+            sample_rate,
+        };
+        dp.validate()?;
+        let accountant = match store.privacy_accountant()? {
+            Some(json) => serde_json::from_slice::<PrivacyAccountant>(&json)
+                .context("the stored privacy accountant is unreadable")?,
+            None => PrivacyAccountant::new(),
+        };
+        let spent = accountant.epsilon(cfg.delta)?.epsilon;
+        tracing::info!(
+            sample_rate,
+            noise_multiplier,
+            clip_norm = cfg.clip_norm,
+            target_epsilon = cfg.target_epsilon,
+            delta = cfg.delta,
+            spent_epsilon = spent,
+            "differentially private training"
+        );
+        Ok(Self {
+            dp,
+            target_epsilon: cfg.target_epsilon,
+            delta: cfg.delta,
+            exhausted: false,
+            accountant,
+            store,
+        })
+    }
+
+    /// Stores the accountant and what it reports, flushed.
+    fn persist(&self) -> anyhow::Result<f64> {
+        let spent = self.accountant.epsilon(self.delta)?;
+        self.store.set_privacy_accounting(
+            PrivacySpent {
+                epsilon: spent.epsilon,
+                delta: self.delta,
+            },
+            &serde_json::to_vec(&self.accountant)?,
+        )?;
+        Ok(spent.epsilon)
+    }
+}
+
 impl LocalTraining {
     /// Loads the member's images from `data` (a folder of class subfolders
     /// or a MedMNIST `.npz`) and prepares training as `cfg` says. A folder
@@ -67,6 +148,7 @@ impl LocalTraining {
         data: &Path,
         cfg: &TrainingConfig,
         horizon: u64,
+        privacy: Option<(PrivacyConfig, Arc<Store>)>,
         member: &str,
     ) -> anyhow::Result<Self> {
         let source = DataSource::from_path(Some(data));
@@ -86,7 +168,21 @@ impl LocalTraining {
             );
         }
         tracing::info!(data = %loaded.description, "training data loaded");
-        Self::new(loaded.splits.train, loaded.splits.val, cfg, horizon, member)
+        let mut me = Self::new(loaded.splits.train, loaded.splits.val, cfg, horizon, member)?;
+        if let Some((p, store)) = privacy {
+            // DP-SGD's noise and batch sampling must be unpredictable: a
+            // seed others know (the shared seed and this member's name)
+            // would let them subtract the noise. Fresh OS randomness.
+            me.rng = ChaCha8Rng::from_os_rng();
+            me.private = Some(Private::new(
+                &p,
+                store,
+                cfg.batch_size as usize,
+                me.train.len(),
+                horizon * u64::from(cfg.local_steps),
+            )?);
+        }
+        Ok(me)
     }
 
     /// Local training on `train`, measured on `val`. With `cfg.lr_schedule`
@@ -150,6 +246,7 @@ impl LocalTraining {
             } else {
                 0
             },
+            private: None,
             rng: ChaCha8Rng::from_seed(*h.finalize().as_bytes()),
             settings,
         })
@@ -263,14 +360,52 @@ impl UpdateSource for LocalTraining {
         cfg.lr *= lr_factor(round, self.horizon);
         let span = tracing::info_span!("train", round, steps = self.steps, lr = cfg.lr);
         let _g = span.enter();
-        let mut trainer = Trainer::new(&self.model, &cfg)?;
-        let report = trainer.train_steps(
-            &mut self.model,
-            &self.train,
-            self.steps,
-            &mut self.rng,
-            |_| {},
-        )?;
+        let report = match &mut self.private {
+            None => Trainer::new(&self.model, &cfg)?.train_steps(
+                &mut self.model,
+                &self.train,
+                self.steps,
+                &mut self.rng,
+                |_| {},
+            )?,
+            Some(p) => {
+                let dp = p.dp;
+                let next = p.accountant.epsilon_after(
+                    dp.sample_rate,
+                    dp.noise_multiplier,
+                    self.steps,
+                    p.delta,
+                )?;
+                if next.epsilon > p.target_epsilon {
+                    if !p.exhausted {
+                        tracing::warn!(
+                            spent = p.accountant.epsilon(p.delta)?.epsilon,
+                            target = p.target_epsilon,
+                            "privacy budget used up: this member no longer contributes updates (it still receives models)"
+                        );
+                        p.exhausted = true;
+                    }
+                    // Weight 0: the round goes on, the mean leaves this member out.
+                    return Ok(Update {
+                        n_examples: 0,
+                        delta: Zeroizing::new(vec![0.0; base.params.len()]),
+                    });
+                }
+                let mut trainer = DpTrainer::new(&self.model, &cfg, dp)?;
+                let report = trainer.train_steps(
+                    &mut self.model,
+                    &self.train,
+                    self.steps,
+                    &mut self.rng,
+                    &mut p.accountant,
+                    |_| {},
+                )?;
+                // Durable before the update can leave this member.
+                let spent = p.persist()?;
+                tracing::info!(epsilon = spent, delta = p.delta, "privacy spent");
+                report
+            }
+        };
         let after = Zeroizing::new(self.model.flatten()?);
         let delta: Vec<f32> = after.iter().zip(&base.params).map(|(a, b)| a - b).collect();
         anyhow::ensure!(

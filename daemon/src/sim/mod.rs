@@ -37,7 +37,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, TrainingConfig};
+use crate::config::{Config, PrivacyConfig, TrainingConfig};
 use crate::identity::NodeIdentity;
 use crate::node::train::train_config;
 use crate::node::{GlobalModel, NodeOptions, RoundReport, run_with};
@@ -79,6 +79,8 @@ pub struct SimOptions {
     /// The protocol's collection window (also the longest wait for a
     /// member's training before a round starts without it).
     pub collect_ms: u64,
+    /// Differentially private training at every hospital, when set.
+    pub privacy: Option<PrivacyConfig>,
 }
 
 impl SimOptions {
@@ -243,6 +245,13 @@ pub struct SimReport {
     pub alone_test_acc: Vec<f64>,
     /// Every hospital's store holds the final model as its current one.
     pub members_agree: bool,
+    /// The privacy budget each hospital's target was (`null` without
+    /// differential privacy).
+    pub dp_target_epsilon: Option<f64>,
+    /// The epsilon each hospital spent (at `dp_delta`), from its store.
+    pub privacy_epsilon: Vec<f64>,
+    /// The delta of those epsilons.
+    pub dp_delta: Option<f64>,
     /// The final model's blake3 hash.
     pub model_hash: String,
     /// Wall time of the whole run, seconds.
@@ -444,6 +453,17 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
             cw = t.class_weights,
             seed = t.seed,
         );
+        let text = match &opts.privacy {
+            None => text,
+            Some(p) => format!(
+                "{text}\n[privacy]\nenabled = true\ntarget_epsilon = {}\ndelta = {:e}\nclip_norm = {}\n{}",
+                p.target_epsilon,
+                p.delta,
+                p.clip_norm,
+                p.noise_multiplier
+                    .map_or_else(String::new, |s| format!("noise_multiplier = {s}\n"))
+            ),
+        };
         let path = home.join("primiad.toml");
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         configs.push((name, path));
@@ -764,9 +784,13 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         }
     }
     let mut members_agree = true;
+    let mut privacy_epsilon = Vec::new();
     for h in &hospitals {
-        let current = Store::open(&h.config.storage_dir)
-            .and_then(|s| s.current_model())
+        let store = Store::open(&h.config.storage_dir)
+            .with_context(|| format!("{}: cannot open its store", h.name))?;
+        privacy_epsilon.push(store.privacy_spent()?.epsilon);
+        let current = store
+            .current_model()
             .with_context(|| format!("{}: cannot read its store", h.name))?;
         if current.map(|c| c.to_hex()) != Some(final_hash.clone()) {
             tracing::warn!(hospital = %h.name, "its store does not hold the final model as current");
@@ -833,6 +857,13 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         alone_test_auc: alone.iter().map(|a| a.auc).collect(),
         alone_test_acc: alone.iter().map(|a| a.acc).collect(),
         members_agree,
+        dp_target_epsilon: opts.privacy.as_ref().map(|p| p.target_epsilon),
+        privacy_epsilon: if opts.privacy.is_some() {
+            privacy_epsilon
+        } else {
+            Vec::new()
+        },
+        dp_delta: opts.privacy.as_ref().map(|p| p.delta),
         model_hash: final_hash,
         wall_s: started.elapsed().as_secs_f64(),
         federated_s,

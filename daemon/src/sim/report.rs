@@ -89,6 +89,18 @@ pub fn table(r: &SimReport) -> String {
             acc
         );
     }
+    if let (Some(target), Some(delta)) = (r.dp_target_epsilon, r.dp_delta) {
+        let spent: Vec<String> = r
+            .privacy_epsilon
+            .iter()
+            .map(|e| format!("{e:.2}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "differential privacy: budget epsilon {target} at delta {delta:e}; spent per hospital: {}",
+            spent.join(", ")
+        );
+    }
     for f in &r.failures {
         let _ = writeln!(s, "failure: {f}");
     }
