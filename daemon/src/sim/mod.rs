@@ -652,24 +652,21 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
     let mut last_model: Option<(u64, Arc<GlobalModel>, String)> = None;
     let mut last_time = Instant::now();
     let fed_started = Instant::now();
-    // (due time, hospital index, restart?)
-    let mut pending: Vec<(Instant, usize, bool)> = Vec::new();
-    let schedule = |pending: &mut Vec<(Instant, usize, bool)>, finished_round: u64| {
+    // Failures to inject now: (hospital index, restart?).
+    let mut pending: Vec<(usize, bool)> = Vec::new();
+    let schedule = |pending: &mut Vec<(usize, bool)>, finished_round: u64| {
         for k in opts.kills.iter().filter(|k| k.round == finished_round + 1) {
-            // Into the round's training, so that it is a member that
-            // vanishes mid-round.
-            pending.push((
-                Instant::now() + Duration::from_millis(500),
-                k.hospital - 1,
-                false,
-            ));
+            // As soon as the round before is decided: the member is then
+            // training for this round or already in it, and vanishes
+            // mid-round. (Any later and a fast round may be over.)
+            pending.push((k.hospital - 1, false));
         }
         for r in opts
             .restarts
             .iter()
             .filter(|r| r.round == finished_round + 1)
         {
-            pending.push((Instant::now(), r.hospital - 1, true));
+            pending.push((r.hospital - 1, true));
         }
     };
     schedule(&mut pending, 0);
@@ -677,33 +674,26 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         Duration::from_millis(opts.collect_ms * 40).max(Duration::from_secs(600));
     let mut round_deadline = Instant::now() + deadline_per_round;
     while last_model.as_ref().is_none_or(|(r, _, _)| *r < opts.rounds) {
-        let now = Instant::now();
-        let mut i = 0;
-        while i < pending.len() {
-            if pending[i].0 <= now {
-                let (_, h, restart) = pending.remove(i);
-                let hospital = &mut hospitals[h];
-                let what = if restart {
-                    start(hospital, report_tx.clone())?;
-                    format!(
-                        "{} restarted during round {}",
-                        hospital.name,
-                        last_model.as_ref().map_or(0, |m| m.0) + 1
-                    )
-                } else {
-                    kill(hospital);
-                    format!(
-                        "{} killed during round {}",
-                        hospital.name,
-                        last_model.as_ref().map_or(0, |m| m.0) + 1
-                    )
-                };
-                tracing::info!("{what}");
-                progress(Progress::Failure(what.clone()));
-                failures.push(what);
+        for (h, restart) in pending.drain(..) {
+            let hospital = &mut hospitals[h];
+            let what = if restart {
+                start(hospital, report_tx.clone())?;
+                format!(
+                    "{} restarted during round {}",
+                    hospital.name,
+                    last_model.as_ref().map_or(0, |m| m.0) + 1
+                )
             } else {
-                i += 1;
-            }
+                kill(hospital);
+                format!(
+                    "{} killed during round {}",
+                    hospital.name,
+                    last_model.as_ref().map_or(0, |m| m.0) + 1
+                )
+            };
+            tracing::info!("{what}");
+            progress(Progress::Failure(what.clone()));
+            failures.push(what);
         }
         anyhow::ensure!(
             Instant::now() < round_deadline,
