@@ -4,49 +4,21 @@
 //! published MedMNIST v2 ResNet-18 at 28x28 (0.944 / 0.854). Data:
 //! MedMNIST v2 (Yang et al. 2023) from Kermany et al. (2018), CC BY 4.0.
 
-use std::path::{Path, PathBuf};
-
 use primia_model::data::npz::load_medmnist;
 use primia_model::data::phantom::phantom_splits;
 use primia_model::fit::RECOMMENDED_EPOCHS;
 use primia_model::{FitConfig, Model, ModelSpec, fit};
 
-fn slow_tests_enabled(name: &str) -> bool {
-    if std::env::var("PRIMIA_SLOW_TESTS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipping {name}: slow test, set PRIMIA_SLOW_TESTS=1 to run it");
-    false
-}
-
-/// `PRIMIA_DATA_DIR`, else the shared data beside the workspace.
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PRIMIA_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    if dir.join("pneumoniamnist.npz").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("PRIMIA_REQUIRE_DATA").as_deref() == Ok("1") {
-        panic!(
-            "PRIMIA_REQUIRE_DATA=1 but {} has no pneumoniamnist.npz",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: pneumoniamnist.npz not found in {}",
-        dir.display()
-    );
-    None
-}
+mod common;
+use common::{pneumoniamnist, slow_tests_enabled};
 
 #[test]
 fn default_cnn_passes_pneumoniamnist_targets() {
     if !slow_tests_enabled("default_cnn_passes_pneumoniamnist_targets") {
         return;
     }
-    let Some(dir) = data_dir() else { return };
-    let splits = load_medmnist(&dir.join("pneumoniamnist.npz")).unwrap();
+    let Some(file) = pneumoniamnist() else { return };
+    let splits = load_medmnist(&file).unwrap();
     let mut model = Model::new(ModelSpec::default_cnn(), 0).unwrap();
     let spe = splits.train.len().div_ceil(64) as u64;
     let cfg = FitConfig::recommended(RECOMMENDED_EPOCHS, spe, 0);

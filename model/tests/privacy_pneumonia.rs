@@ -16,8 +16,6 @@
 //! more slowly under the noise.) Data: MedMNIST v2 (Yang et al. 2023) from
 //! Kermany et al. (2018), CC BY 4.0.
 
-use std::path::{Path, PathBuf};
-
 use primia_model::data::npz::load_medmnist;
 use primia_model::privacy::{self, DpConfig, DpTrainer, PrivacyAccountant};
 use primia_model::{
@@ -33,42 +31,16 @@ const EPOCHS: usize = 10;
 const CLIP_NORM: f64 = 20.0;
 const LEARNING_RATE: f64 = 5e-3;
 
-fn slow_tests_enabled(name: &str) -> bool {
-    if std::env::var("PRIMIA_SLOW_TESTS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipping {name}: slow test, set PRIMIA_SLOW_TESTS=1 to run it");
-    false
-}
-
-/// `PRIMIA_DATA_DIR`, else the shared data beside the workspace.
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PRIMIA_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    if dir.join("pneumoniamnist.npz").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("PRIMIA_REQUIRE_DATA").as_deref() == Ok("1") {
-        panic!(
-            "PRIMIA_REQUIRE_DATA=1 but {} has no pneumoniamnist.npz",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: pneumoniamnist.npz not found in {}",
-        dir.display()
-    );
-    None
-}
+mod common;
+use common::{pneumoniamnist, slow_tests_enabled};
 
 #[test]
 fn dp_sgd_on_pneumoniamnist_at_epsilon_8() {
     if !slow_tests_enabled("dp_sgd_on_pneumoniamnist_at_epsilon_8") {
         return;
     }
-    let Some(dir) = data_dir() else { return };
-    let splits = load_medmnist(&dir.join("pneumoniamnist.npz")).unwrap();
+    let Some(file) = pneumoniamnist() else { return };
+    let splits = load_medmnist(&file).unwrap();
     let n = splits.train.len();
     let q = DpConfig::sample_rate_for(EXPECTED_BATCH, n);
     let steps = (EPOCHS * n).div_ceil(EXPECTED_BATCH) as u64;
