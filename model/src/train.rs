@@ -147,6 +147,21 @@ pub struct Trainer {
     /// Shuffled example order of the current epoch, and how far we are in it.
     order: Vec<usize>,
     cursor: usize,
+    /// SCAFFOLD's drift correction, when set: per variable, added to every
+    /// gradient, and the running sum of the uncorrected gradients.
+    drift: Option<Drift>,
+}
+
+/// SCAFFOLD (Karimireddy et al. 2020): a member's local steps follow
+/// `g_i(y) - c_i + c`, its own gradient corrected by the difference between
+/// the consortium's gradient estimate `c` and its own `c_i`, so that a
+/// member whose data holds one class does not drag the model towards it.
+struct Drift {
+    /// `c - c_i`, one tensor per variable.
+    correction: Vec<Tensor>,
+    /// Sum of the raw loss gradients of the steps taken, one per variable.
+    sum: Vec<Option<Tensor>>,
+    steps: u64,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -168,7 +183,57 @@ impl Trainer {
             step: 0,
             order: Vec::new(),
             cursor: 0,
+            drift: None,
         })
+    }
+
+    /// Turns SCAFFOLD's drift correction on: from now on every gradient gets
+    /// `correction` (`c - c_i`, in [`Model::flatten`] order) added before the
+    /// optimiser sees it, and the raw gradients are summed for
+    /// [`Trainer::mean_gradient`].
+    pub fn set_drift_correction(&mut self, model: &Model, correction: &[f32]) -> Result<()> {
+        let expected = model.param_count();
+        if correction.len() != expected {
+            return Err(ModelError::FlatLength {
+                expected,
+                got: correction.len(),
+            });
+        }
+        let mut at = 0;
+        let mut tensors = Vec::new();
+        for (_, v) in model.vars() {
+            let n = v.elem_count();
+            tensors.push(Tensor::from_slice(
+                &correction[at..at + n],
+                v.as_tensor().dims(),
+                model.device(),
+            )?);
+            at += n;
+        }
+        let vars = tensors.len();
+        self.drift = Some(Drift {
+            correction: tensors,
+            sum: vec![None; vars],
+            steps: 0,
+        });
+        Ok(())
+    }
+
+    /// The mean of the raw (uncorrected) loss gradients over the steps taken
+    /// since [`Trainer::set_drift_correction`], in [`Model::flatten`] order:
+    /// SCAFFOLD's new `c_i`. `None` without drift correction or before a step.
+    pub fn mean_gradient(&self, model: &Model) -> Result<Option<Vec<f32>>> {
+        let Some(d) = self.drift.as_ref().filter(|d| d.steps > 0) else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(model.param_count());
+        for ((_, v), sum) in model.vars().zip(&d.sum) {
+            match sum {
+                Some(s) => out.extend((s / d.steps as f64)?.flatten_all()?.to_vec1::<f32>()?),
+                None => out.extend(std::iter::repeat_n(0.0, v.elem_count())),
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Steps taken so far (the schedule's position).
@@ -270,6 +335,9 @@ impl Trainer {
             if let Some(max_norm) = self.cfg.max_grad_norm {
                 clip_grads(model, &mut grads, max_norm)?;
             }
+            if let Some(d) = &mut self.drift {
+                correct_drift(model, &mut grads, d)?;
+            }
             let lr = self.cfg.schedule.lr_at(self.cfg.lr, self.step);
             self.opt.step(model, &grads, lr)?;
             if first_loss.is_nan() {
@@ -308,6 +376,25 @@ impl Trainer {
             },
         })
     }
+}
+
+/// Adds the raw gradients to the drift's sum, then the correction to them.
+fn correct_drift(
+    model: &Model,
+    grads: &mut candle_core::backprop::GradStore,
+    d: &mut Drift,
+) -> Result<()> {
+    for (((_, v), corr), sum) in model.vars().zip(&d.correction).zip(&mut d.sum) {
+        if let Some(g) = grads.remove(v.as_tensor()) {
+            *sum = Some(match sum.take() {
+                Some(s) => (s + &g)?,
+                None => g.detach(),
+            });
+            grads.insert(v.as_tensor(), (g + corr)?);
+        }
+    }
+    d.steps += 1;
+    Ok(())
 }
 
 /// Scales all gradients so that their joint L2 norm is at most `max_norm`.

@@ -240,3 +240,59 @@ fn divergence_is_an_error_not_nan_weights() {
         Ok(_) => assert!(m.flatten().unwrap().iter().all(|v| v.is_finite())),
     }
 }
+
+/// Plain SGD (no momentum, no decay) with SCAFFOLD's correction `corr`
+/// moves the weights by `-lr * sum(g_k + corr)`: the mean raw gradient the
+/// trainer reports must be exactly `(x - y) / (k * lr) - corr`, and a zero
+/// correction must leave training as it was, bit for bit.
+#[test]
+fn drift_correction_shifts_every_step_and_reports_the_raw_gradient() {
+    let d = easy(64, 3);
+    let plain = OptimizerKind::Sgd {
+        momentum: 0.0,
+        nesterov: false,
+    };
+    let cfg = TrainConfig {
+        weight_decay: 0.0,
+        ..config(plain, 0.05)
+    };
+    let (steps, lr) = (5u64, 0.05f64);
+
+    let mut a = model(1);
+    let start = a.flatten().unwrap();
+    let mut t = Trainer::new(&a, &cfg).unwrap();
+    assert!(t.mean_gradient(&a).unwrap().is_none());
+    t.train_steps(&mut a, &d, steps, &mut rng(9), |_| {})
+        .unwrap();
+    let mut b = model(1);
+    let mut t = Trainer::new(&b, &cfg).unwrap();
+    t.set_drift_correction(&b, &vec![0.0; start.len()]).unwrap();
+    t.train_steps(&mut b, &d, steps, &mut rng(9), |_| {})
+        .unwrap();
+    assert_eq!(a.flatten().unwrap(), b.flatten().unwrap());
+
+    let corr: Vec<f32> = (0..start.len())
+        .map(|i| 0.02 * ((i % 7) as f32 - 3.0))
+        .collect();
+    let mut c = model(1);
+    let mut t = Trainer::new(&c, &cfg).unwrap();
+    t.set_drift_correction(&c, &corr).unwrap();
+    t.train_steps(&mut c, &d, steps, &mut rng(9), |_| {})
+        .unwrap();
+    let mean = t.mean_gradient(&c).unwrap().expect("steps were taken");
+    let end = c.flatten().unwrap();
+    let mut worst = 0.0f64;
+    for i in 0..start.len() {
+        let implied = f64::from(start[i] - end[i]) / (steps as f64 * lr) - f64::from(corr[i]);
+        worst = worst.max((implied - f64::from(mean[i])).abs());
+    }
+    assert!(worst < 2e-3, "mean gradient off by {worst}");
+    // The correction did move the weights away from the uncorrected run.
+    assert_ne!(end, a.flatten().unwrap());
+
+    let err = Trainer::new(&c, &cfg)
+        .unwrap()
+        .set_drift_correction(&c, &[0.0; 3])
+        .unwrap_err();
+    assert!(err.to_string().contains("3"), "{err}");
+}
