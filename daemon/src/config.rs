@@ -213,6 +213,11 @@ pub struct TrainingConfig {
     /// Local optimiser: `sgd` (default; momentum 0.9, Nesterov) or `adamw`.
     /// It starts afresh from each global model.
     pub optimizer: String,
+    /// How members' local training combines: `scaffold` (default; local
+    /// gradients corrected by control variates summed in the same secure
+    /// aggregation, against the drift of members whose data is skewed) or
+    /// `fedavg` (plain averaging of the changes).
+    pub algorithm: String,
     /// Weight decay on convolution and linear weights. Default 0.0005.
     pub weight_decay: f64,
     /// Random rotation, shift, zoom, brightness and contrast of training
@@ -240,6 +245,7 @@ impl Default for TrainingConfig {
             learning_rate: 0.02,
             lr_schedule: "cosine".into(),
             optimizer: "sgd".into(),
+            algorithm: "scaffold".into(),
             weight_decay: 5e-4,
             augment: true,
             class_weights: "balanced".into(),
@@ -381,6 +387,9 @@ learning_rate = 0.02
 lr_schedule = "cosine"
 # Local optimiser: "sgd" (Nesterov momentum 0.9) or "adamw"; fresh from each global model.
 optimizer = "sgd"
+# "scaffold": local gradients corrected by control variates aggregated with the
+# update (twice the vector, robust to skewed data); "fedavg": plain averaging.
+algorithm = "scaffold"
 # Weight decay on convolution and linear weights.
 weight_decay = 0.0005
 # Random rotation, shift, zoom, brightness and contrast of training images.
@@ -517,6 +526,15 @@ impl Config {
                 ),
             ));
         }
+        if !matches!(t.algorithm.as_str(), "scaffold" | "fedavg") {
+            return Err(field(
+                "training.algorithm",
+                format!(
+                    "unknown algorithm {:?} (expected \"scaffold\" or \"fedavg\")",
+                    t.algorithm
+                ),
+            ));
+        }
         if !matches!(t.lr_schedule.as_str(), "cosine" | "constant") {
             return Err(field(
                 "training.lr_schedule",
@@ -563,6 +581,12 @@ impl Config {
                     ));
                 }
                 None => {}
+            }
+            if t.algorithm == "scaffold" {
+                return Err(field(
+                    "privacy.enabled",
+                    "training.algorithm \"scaffold\" shares each member's un-noised mean gradient; with differential privacy set training.algorithm = \"fedavg\"".into(),
+                ));
             }
             if t.mode != TrainingMode::Train {
                 return Err(field(

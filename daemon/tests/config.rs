@@ -170,6 +170,14 @@ fn mistakes_name_the_field() {
         &["field `privacy.clip_norm`"],
     );
     check_err(
+        &format!("{MINIMAL}[round]\nrounds = 5\n[privacy]\nenabled = true\n"),
+        &["field `privacy.enabled`", "algorithm = \"fedavg\""],
+    );
+    check_err(
+        &format!("{MINIMAL}[training]\nalgorithm = \"fedprox\"\n"),
+        &["field `training.algorithm`", "fedprox"],
+    );
+    check_err(
         &format!("{MINIMAL}[training]\nclass_weights = \"1,x\"\n"),
         &["field `training.class_weights`"],
     );

@@ -45,6 +45,7 @@ fn a_short_simulation_trains_through_real_daemons() {
     assert_eq!(r["rounds"], 3);
     assert_eq!(r["hospitals"], 3);
     assert_eq!(r["secure_aggregation"], true);
+    assert_eq!(r["algorithm"], "scaffold");
     assert_eq!(r["members_agree"], true);
     let rounds = r["per_round"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
@@ -95,6 +96,11 @@ fn bad_simulate_options_are_refused_clearly() {
         (&["--restart", "2@4"][..], "is not killed before round 4"),
         (&["--alpha=-1"][..], "--alpha"),
         (&["--data", "/nonexistent/x.npz"][..], "not found"),
+        (&["--algorithm", "fedprox"][..], "expected scaffold or fedavg"),
+        (
+            &["--dp-epsilon", "8", "--algorithm", "scaffold"][..],
+            "with --dp-epsilon use fedavg",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_primiad"))
             .arg("simulate")

@@ -42,7 +42,7 @@ pub enum Command {
     Run(run::Args),
     /// Run a whole consortium of real daemons on this machine: federated
     /// training with secure aggregation, baselines and a report.
-    Simulate(simulate::Args),
+    Simulate(Box<simulate::Args>),
     /// Ask the running daemon what it is doing (exit 3: none running).
     Status(status::Args),
     /// Differential privacy: epsilon of a DP-SGD run, or the noise a budget needs.
@@ -76,7 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Roster(args) => roster::run(args),
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
-        Command::Simulate(args) => simulate::run(args),
+        Command::Simulate(args) => simulate::run(*args),
         Command::Privacy(args) => privacy::run(args),
         Command::StoreTorture(args) => store_torture::run(args),
     }

@@ -23,9 +23,10 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=64))]
     pub hospitals: u64,
 
-    /// Rounds of federated training.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub rounds: u64,
+    /// Rounds of federated training [default: 8 on the built-in phantom,
+    /// 30 with --data].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub rounds: Option<u64>,
 
     /// Data to split among the hospitals: a MedMNIST .npz (official
     /// splits; the test split stays with the simulator) or a folder with
@@ -39,9 +40,11 @@ pub struct Args {
     #[arg(long, value_name = "ALPHA")]
     pub alpha: Option<f64>,
 
-    /// Optimiser steps each hospital trains per round.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub local_steps: u32,
+    /// Optimiser steps each hospital trains per round [default: 20 on the
+    /// built-in phantom, 100 with --data: with SCAFFOLD's correction long
+    /// local training does not drift, and rounds are what costs time].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub local_steps: Option<u32>,
 
     /// Images per step.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -50,6 +53,12 @@ pub struct Args {
     /// Local optimiser: sgd (momentum 0.9, Nesterov) or adamw.
     #[arg(long, default_value = "sgd")]
     pub optimizer: String,
+
+    /// How the hospitals' training combines: scaffold (control variates
+    /// against the drift of skewed hospitals) or fedavg [default: scaffold,
+    /// fedavg with --dp-epsilon].
+    #[arg(long)]
+    pub algorithm: Option<String>,
 
     /// Learning rate of local training, decayed by a cosine over the rounds
     /// [default: 0.02 for sgd, 0.002 for adamw].
@@ -169,6 +178,21 @@ impl Args {
             "--optimizer {:?}: expected sgd or adamw",
             self.optimizer
         );
+        let algorithm = self.algorithm.clone().unwrap_or_else(|| {
+            if self.dp_epsilon.is_some() {
+                "fedavg".into()
+            } else {
+                "scaffold".into()
+            }
+        });
+        anyhow::ensure!(
+            matches!(algorithm.as_str(), "scaffold" | "fedavg"),
+            "--algorithm {algorithm:?}: expected scaffold or fedavg"
+        );
+        anyhow::ensure!(
+            !(algorithm == "scaffold" && self.dp_epsilon.is_some()),
+            "--algorithm scaffold shares un-noised mean gradients: with --dp-epsilon use fedavg"
+        );
         let lr = self
             .lr
             .unwrap_or(if self.optimizer == "sgd" { 0.02 } else { 0.002 });
@@ -183,10 +207,13 @@ impl Args {
         let training = TrainingConfig {
             model: self.model.clone(),
             input_size,
-            local_steps: self.local_steps,
+            local_steps: self
+                .local_steps
+                .unwrap_or(if self.data.is_some() { 100 } else { 20 }),
             batch_size: self.batch_size,
             learning_rate: lr,
             optimizer: self.optimizer.clone(),
+            algorithm,
             class_weights: self.class_weights.clone(),
             seed: self.seed,
             ..TrainingConfig::default()
@@ -198,7 +225,9 @@ impl Args {
         );
         Ok(SimOptions {
             hospitals: self.hospitals as usize,
-            rounds: self.rounds,
+            rounds: self
+                .rounds
+                .unwrap_or(if self.data.is_some() { 30 } else { 8 }),
             data: self.data.clone(),
             synthetic: self.synthetic as usize,
             split,

@@ -51,6 +51,17 @@ pub struct LocalTraining {
     private: Option<Private>,
     rng: ChaCha8Rng,
     settings: String,
+    /// SCAFFOLD: the global vector is the weights followed by the
+    /// consortium's control variate `c`; this member keeps its own `c_i`.
+    scaffold: Option<Scaffold>,
+}
+
+/// A member's SCAFFOLD state. `c_i` is the mean raw gradient of its last
+/// local training: not written to disk (it is as revealing as an unmasked
+/// update). A member that has none yet (first round, or restarted) takes
+/// the consortium's `c`, so its first round is a plain FedAvg round.
+struct Scaffold {
+    own: Option<Zeroizing<Vec<f32>>>,
 }
 
 impl std::fmt::Debug for LocalTraining {
@@ -216,7 +227,7 @@ impl LocalTraining {
         // Checked now, so that a bad setting is refused at start.
         Trainer::new(&model, &train_cfg)?;
         let settings = format!(
-            "{} fingerprint={} local_steps={} batch_size={} learning_rate={} lr_schedule={}/{} optimizer={} weight_decay={} augment={} class_weights={} seed={}",
+            "{} fingerprint={} local_steps={} batch_size={} learning_rate={} lr_schedule={}/{} optimizer={} algorithm={} weight_decay={} augment={} class_weights={} seed={}",
             spec.canonical(),
             &model.fingerprint().to_hex()[..16],
             cfg.local_steps,
@@ -225,6 +236,7 @@ impl LocalTraining {
             cfg.lr_schedule,
             horizon,
             cfg.optimizer,
+            cfg.algorithm,
             cfg.weight_decay,
             cfg.augment,
             cfg.class_weights,
@@ -249,6 +261,7 @@ impl LocalTraining {
             private: None,
             rng: ChaCha8Rng::from_seed(*h.finalize().as_bytes()),
             settings,
+            scaffold: (cfg.algorithm == "scaffold").then_some(Scaffold { own: None }),
         })
     }
 
@@ -318,6 +331,12 @@ pub fn lr_factor(round: u64, horizon: u64) -> f64 {
     0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
+/// The network's weights in a global model vector: all of it, or with
+/// SCAFFOLD the first half (the control variate follows them).
+pub fn weights_of<'a>(params: &'a [f32], model: &Model) -> &'a [f32] {
+    &params[..model.param_count().min(params.len())]
+}
+
 /// The metrics a member records for a model on its validation images.
 pub fn metric_values(m: &primia_model::Metrics) -> BTreeMap<String, f64> {
     let mut v = BTreeMap::new();
@@ -335,7 +354,12 @@ pub fn metric_values(m: &primia_model::Metrics) -> BTreeMap<String, f64> {
 
 impl UpdateSource for LocalTraining {
     fn parameter_count(&self) -> usize {
-        self.model.param_count()
+        let weights = self.model.param_count();
+        if self.scaffold.is_some() {
+            2 * weights
+        } else {
+            weights
+        }
     }
 
     fn settings(&self) -> String {
@@ -343,31 +367,64 @@ impl UpdateSource for LocalTraining {
     }
 
     fn initial_model(&mut self) -> anyhow::Result<Vec<f32>> {
-        Ok(Model::new(self.spec.clone(), self.seed)?.flatten()?)
+        let mut v = Model::new(self.spec.clone(), self.seed)?.flatten()?;
+        // SCAFFOLD's control variate starts at zero.
+        v.resize(self.parameter_count(), 0.0);
+        Ok(v)
     }
 
     fn evaluate(&mut self, model: &GlobalModel) -> anyhow::Result<BTreeMap<String, f64>> {
         if self.val.is_empty() {
             return Ok(BTreeMap::new());
         }
-        self.model.unflatten(&model.params)?;
+        self.model
+            .unflatten(weights_of(&model.params, &self.model))?;
         Ok(metric_values(&evaluate(&self.model, &self.val)?))
     }
 
     fn update(&mut self, round: u64, base: &GlobalModel) -> anyhow::Result<Update> {
-        self.model.unflatten(&base.params)?;
+        anyhow::ensure!(
+            base.params.len() == self.parameter_count(),
+            "the global model has {} values, this member's settings make {}",
+            base.params.len(),
+            self.parameter_count()
+        );
+        let weights = self.model.param_count();
+        let (start, consortium_c) = base.params.split_at(weights);
+        self.model.unflatten(start)?;
         let mut cfg = self.train_cfg.clone();
         cfg.lr *= lr_factor(round, self.horizon);
         let span = tracing::info_span!("train", round, steps = self.steps, lr = cfg.lr);
         let _g = span.enter();
         let report = match &mut self.private {
-            None => Trainer::new(&self.model, &cfg)?.train_steps(
-                &mut self.model,
-                &self.train,
-                self.steps,
-                &mut self.rng,
-                |_| {},
-            )?,
+            None => {
+                let mut trainer = Trainer::new(&self.model, &cfg)?;
+                if let Some(s) = &self.scaffold {
+                    let correction: Vec<f32> = match &s.own {
+                        Some(own) => consortium_c
+                            .iter()
+                            .zip(own.iter())
+                            .map(|(c, o)| c - o)
+                            .collect(),
+                        None => vec![0.0; weights],
+                    };
+                    trainer.set_drift_correction(&self.model, &correction)?;
+                }
+                let report = trainer.train_steps(
+                    &mut self.model,
+                    &self.train,
+                    self.steps,
+                    &mut self.rng,
+                    |_| {},
+                )?;
+                if let Some(s) = &mut self.scaffold {
+                    // No step taken (all batches of zero-weight classes): keep c_i.
+                    if let Some(mean) = trainer.mean_gradient(&self.model)? {
+                        s.own = Some(Zeroizing::new(mean));
+                    }
+                }
+                report
+            }
             Some(p) => {
                 let dp = p.dp;
                 let next = p.accountant.epsilon_after(
@@ -407,7 +464,15 @@ impl UpdateSource for LocalTraining {
             }
         };
         let after = Zeroizing::new(self.model.flatten()?);
-        let delta: Vec<f32> = after.iter().zip(&base.params).map(|(a, b)| a - b).collect();
+        let mut delta: Vec<f32> = after.iter().zip(start).map(|(a, b)| a - b).collect();
+        if let Some(s) = &self.scaffold {
+            // The second half moves the consortium's c to the weighted mean
+            // of the contributors' c_i: `c + mean(c_i - c)`.
+            match &s.own {
+                Some(own) => delta.extend(own.iter().zip(consortium_c).map(|(o, c)| o - c)),
+                None => delta.resize(2 * weights, 0.0),
+            }
+        }
         anyhow::ensure!(
             delta.iter().all(|d| d.is_finite()),
             "local training diverged (a weight is not a finite number); try a smaller learning rate"
@@ -428,6 +493,103 @@ impl UpdateSource for LocalTraining {
 #[cfg(test)]
 mod tests {
     use super::lr_factor;
+
+    /// SCAFFOLD doubles the global vector (weights, then the control
+    /// variate `c`, zero at first). Round one is plain FedAvg for the
+    /// weights and reports `c_1 - c`; in round two the correction moves the
+    /// weights away from what FedAvg would have trained.
+    #[test]
+    fn scaffold_carries_a_control_variate_and_corrects_the_next_round() {
+        use super::{LocalTraining, UpdateSource, weights_of};
+        use crate::config::TrainingConfig;
+        use crate::node::model::GlobalModel;
+        use primia_model::data::phantom::phantom;
+
+        let data = phantom(96, 16, 0.5, 4).unwrap();
+        let cfg = |algorithm: &str| TrainingConfig {
+            input_size: 16,
+            local_steps: 3,
+            batch_size: 16,
+            augment: false,
+            algorithm: algorithm.into(),
+            ..TrainingConfig::default()
+        };
+        let mut plain =
+            LocalTraining::new(data.clone(), data.clone(), &cfg("fedavg"), 0, "a").unwrap();
+        let mut scaffold =
+            LocalTraining::new(data.clone(), data.clone(), &cfg("scaffold"), 0, "a").unwrap();
+        let p = plain.parameter_count();
+        assert_eq!(scaffold.parameter_count(), 2 * p);
+        assert_ne!(plain.settings(), scaffold.settings());
+        let init = scaffold.initial_model().unwrap();
+        assert_eq!(&init[..p], &plain.initial_model().unwrap()[..]);
+        assert!(init[p..].iter().all(|c| *c == 0.0));
+
+        let base = GlobalModel {
+            round: 0,
+            params: init.clone(),
+        };
+        assert!(scaffold.evaluate(&base).unwrap().contains_key("val_auc"));
+        let u_plain = plain
+            .update(
+                1,
+                &GlobalModel {
+                    round: 0,
+                    params: init[..p].to_vec(),
+                },
+            )
+            .unwrap();
+        let u_scaffold = scaffold.update(1, &base).unwrap();
+        assert_eq!(&u_scaffold.delta[..p], &u_plain.delta[..]);
+        let c_delta = &u_scaffold.delta[p..];
+        assert!(c_delta.iter().all(|d| d.is_finite()) && c_delta.iter().any(|d| *d != 0.0));
+
+        // Round two from the same weights, with a consortium c unlike this
+        // member's own: the weights move differently from FedAvg's.
+        let mut next = init.clone();
+        for (i, c) in next[p..].iter_mut().enumerate() {
+            *c = 0.01 * ((i % 5) as f32 - 2.0);
+        }
+        let u2_plain = plain
+            .update(
+                2,
+                &GlobalModel {
+                    round: 1,
+                    params: next[..p].to_vec(),
+                },
+            )
+            .unwrap();
+        let u2 = scaffold
+            .update(
+                2,
+                &GlobalModel {
+                    round: 1,
+                    params: next.clone(),
+                },
+            )
+            .unwrap();
+        assert_ne!(&u2.delta[..p], &u2_plain.delta[..]);
+        assert_eq!(
+            weights_of(
+                &next,
+                &primia_model::Model::new(scaffold.spec().clone(), 0).unwrap()
+            )
+            .len(),
+            p
+        );
+
+        // A vector of the wrong length is refused, not misread.
+        let err = scaffold
+            .update(
+                3,
+                &GlobalModel {
+                    round: 2,
+                    params: init[..p].to_vec(),
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("values"), "{err}");
+    }
 
     #[test]
     fn class_weights_parse() {

@@ -223,6 +223,8 @@ pub struct SimReport {
     pub rounds: u64,
     /// Local steps per round.
     pub local_steps: u32,
+    /// `scaffold` or `fedavg`.
+    pub algorithm: String,
     /// Injected failures, as done.
     pub failures: Vec<String>,
     /// The final global model on the test split.
@@ -436,7 +438,7 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
              [network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n\n\
              [round]\ncollect_ms = {collect}\nleader_silence_ms = {silence}\nmax_attempts = 8\nrounds = {rounds}\npause_ms = 0\n\n\
              [training]\nmode = \"train\"\nmodel = \"{model}\"\ninput_size = {input}\nlocal_steps = {steps}\n\
-             batch_size = {batch}\nlearning_rate = {lr}\nlr_schedule = \"{schedule}\"\noptimizer = \"{opt}\"\nweight_decay = {wd}\n\
+             batch_size = {batch}\nlearning_rate = {lr}\nlr_schedule = \"{schedule}\"\noptimizer = \"{opt}\"\nalgorithm = \"{algorithm}\"\nweight_decay = {wd}\n\
              augment = {augment}\nclass_weights = \"{cw}\"\nseed = {seed}\n",
             collect = opts.collect_ms,
             silence = opts.collect_ms * 3,
@@ -448,6 +450,7 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
             lr = t.learning_rate,
             schedule = t.lr_schedule,
             opt = t.optimizer,
+            algorithm = t.algorithm,
             wd = t.weight_decay,
             augment = t.augment,
             cw = t.class_weights,
@@ -718,7 +721,10 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         }
         // The first member to report a round: measure its model.
         let round = report.round;
-        eval_model.unflatten(&report.params.params)?;
+        eval_model.unflatten(crate::node::train::weights_of(
+            &report.params.params,
+            &eval_model,
+        ))?;
         let m = measure(&eval_model, &pooled_val, &splits.test)?;
         let in_sum: Vec<usize> = report.participants.iter().map(|p| p.index()).collect();
         let dropped: Vec<String> = (0..opts.hospitals)
@@ -788,32 +794,50 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         }
     }
 
-    eval_model.unflatten(&final_params.params)?;
+    eval_model.unflatten(crate::node::train::weights_of(
+        &final_params.params,
+        &eval_model,
+    ))?;
     let final_model = measure(&eval_model, &pooled_val, &splits.test)?;
 
     let (central, alone) = if opts.baselines {
         progress(Progress::Baselines);
         let steps_each = opts.rounds * u64::from(opts.training.local_steps);
         let all_train = pooled(&shares.iter().map(|s| &s.train).collect::<Vec<_>>())?;
-        let central = baseline(
-            &opts.training,
-            &all_train,
-            &pooled_val,
-            &splits.test,
-            steps_each * opts.hospitals as u64,
-            opts.training.seed,
-        )?;
-        let mut alone = Vec::new();
-        for (i, s) in shares.iter().enumerate() {
-            alone.push(baseline(
-                &opts.training,
-                &s.train,
-                &s.val,
-                &splits.test,
-                steps_each,
-                opts.training.seed + 1 + i as u64,
-            )?);
-        }
+        // Two threads of equal work (the central run trains as many steps
+        // as all hospitals alone together) keep both halves of a small
+        // machine busy: each run's own kernels parallelise poorly at
+        // these batch sizes.
+        let (central, alone) = std::thread::scope(|scope| {
+            let central = scope.spawn(|| {
+                baseline(
+                    &opts.training,
+                    &all_train,
+                    &pooled_val,
+                    &splits.test,
+                    steps_each * opts.hospitals as u64,
+                    opts.training.seed,
+                )
+            });
+            let alone = shares
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    baseline(
+                        &opts.training,
+                        &s.train,
+                        &s.val,
+                        &splits.test,
+                        steps_each,
+                        opts.training.seed + 1 + i as u64,
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>();
+            let central = central
+                .join()
+                .map_err(|_| anyhow::anyhow!("the centralised baseline's thread panicked"))?;
+            anyhow::Ok((central?, alone?))
+        })?;
         (Some(central), alone)
     } else {
         (None, Vec::new())
@@ -836,6 +860,7 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         hospital_counts: counts,
         rounds: opts.rounds,
         local_steps: opts.training.local_steps,
+        algorithm: opts.training.algorithm.clone(),
         failures,
         test_auc: final_model.auc,
         test_acc: final_model.acc,
