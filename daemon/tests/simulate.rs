@@ -96,7 +96,10 @@ fn bad_simulate_options_are_refused_clearly() {
         (&["--restart", "2@4"][..], "is not killed before round 4"),
         (&["--alpha=-1"][..], "--alpha"),
         (&["--data", "/nonexistent/x.npz"][..], "not found"),
-        (&["--algorithm", "fedprox"][..], "expected scaffold or fedavg"),
+        (
+            &["--algorithm", "fedprox"][..],
+            "expected scaffold or fedavg",
+        ),
         (
             &["--dp-epsilon", "8", "--algorithm", "scaffold"][..],
             "with --dp-epsilon use fedavg",

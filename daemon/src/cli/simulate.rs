@@ -73,6 +73,12 @@ pub struct Args {
     #[arg(long, default_value = "balanced")]
     pub class_weights: String,
 
+    /// Random rotation, shift, zoom, brightness and contrast of training
+    /// images [default: true; false with --dp-epsilon, where the extra
+    /// variance of augmented gradients costs more than it brings].
+    #[arg(long, value_name = "BOOL")]
+    pub augment: Option<bool>,
+
     /// Network: cnn or resnet18.
     #[arg(long, default_value = "cnn")]
     pub model: String,
@@ -214,6 +220,7 @@ impl Args {
             learning_rate: lr,
             optimizer: self.optimizer.clone(),
             algorithm,
+            augment: self.augment.unwrap_or(self.dp_epsilon.is_none()),
             class_weights: self.class_weights.clone(),
             seed: self.seed,
             ..TrainingConfig::default()
