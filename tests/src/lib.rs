@@ -403,3 +403,21 @@ pub fn slow_tests_enabled(test: &str) -> bool {
         false
     }
 }
+
+/// `name` in the shared data directory: `PRIMIA_DATA_DIR`, else
+/// `../shared/data` beside the workspace. Missing: a panic under
+/// `PRIMIA_REQUIRE_DATA=1` (CI must not skip), else `None` with a message.
+pub fn shared_data_file(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("PRIMIA_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    let file = dir.join(name);
+    if file.is_file() {
+        return Some(file);
+    }
+    if std::env::var("PRIMIA_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+        panic!("PRIMIA_REQUIRE_DATA=1 but {} has no {name}", dir.display());
+    }
+    eprintln!("skipping: {name} not found in {}", dir.display());
+    None
+}

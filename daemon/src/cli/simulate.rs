@@ -74,10 +74,9 @@ pub struct Args {
     pub class_weights: String,
 
     /// Random rotation, shift, zoom, brightness and contrast of training
-    /// images [default: true; false with --dp-epsilon, where the extra
-    /// variance of augmented gradients costs more than it brings].
-    #[arg(long, value_name = "BOOL")]
-    pub augment: Option<bool>,
+    /// images.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub augment: bool,
 
     /// Network: cnn or resnet18.
     #[arg(long, default_value = "cnn")]
@@ -220,7 +219,7 @@ impl Args {
             learning_rate: lr,
             optimizer: self.optimizer.clone(),
             algorithm,
-            augment: self.augment.unwrap_or(self.dp_epsilon.is_none()),
+            augment: self.augment,
             class_weights: self.class_weights.clone(),
             seed: self.seed,
             ..TrainingConfig::default()

@@ -291,6 +291,8 @@ struct Hospital {
     name: String,
     config: Config,
     kill: Option<oneshot::Sender<()>>,
+    /// Asks the daemon to shut down cleanly.
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -483,6 +485,7 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
 /// Starts a hospital's daemon on its own thread and runtime.
 fn start(h: &mut Hospital, reports: mpsc::Sender<RoundReport>) -> anyhow::Result<()> {
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let config = h.config.clone();
     let thread =
         std::thread::Builder::new()
@@ -498,29 +501,28 @@ fn start(h: &mut Hospital, reports: mpsc::Sender<RoundReport>) -> anyhow::Result
                         ..NodeOptions::default()
                     };
                     // Killed: the node's future and, below, every task it
-                    // spawned are dropped wherever they are.
-                    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                    // spawned are dropped wherever they are. Stopped: it
+                    // shuts down as on SIGTERM.
                     let node = run_with(config, options, async move {
                         let _ = stop_rx.await;
                     });
                     tokio::select! {
                         r = node => r,
-                        _ = kill_rx => {
-                            drop(stop_tx);
-                            Err(anyhow::anyhow!("killed"))
-                        }
+                        _ = kill_rx => Err(anyhow::anyhow!("killed")),
                     }
                 });
                 runtime.shutdown_background();
                 result
             })?;
     h.kill = Some(kill_tx);
+    h.stop = Some(stop_tx);
     h.thread = Some(thread);
     Ok(())
 }
 
 /// Kills a running hospital and waits for its thread.
 fn kill(h: &mut Hospital) {
+    h.stop = None;
     if let Some(k) = h.kill.take() {
         let _ = k.send(());
     }
@@ -635,6 +637,7 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
             name,
             config,
             kill: None,
+            stop: None,
             thread: None,
         })
         .collect();
@@ -653,6 +656,8 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
     let mut rows: Vec<RoundRow> = Vec::new();
     let mut failures = Vec::new();
     let mut last_model: Option<(u64, Arc<GlobalModel>, String)> = None;
+    // Which hospitals have reported the last round's model as stored.
+    let mut has_last = vec![false; opts.hospitals];
     let mut last_time = Instant::now();
     let fed_started = Instant::now();
     // Failures to inject now: (hospital index, restart?).
@@ -713,6 +718,11 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
                 unreachable!("the simulator holds a sender")
             }
         };
+        if report.round >= opts.rounds
+            && let Some(done) = has_last.get_mut(report.me.index())
+        {
+            *done = true;
+        }
         if last_model
             .as_ref()
             .is_some_and(|(r, _, _)| report.round <= *r)
@@ -756,10 +766,33 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
     let federated_s = fed_started.elapsed().as_secs_f64();
     let (_, final_params, final_hash) = last_model.context("no round finished")?;
 
-    // Every live hospital stops by itself once it has the last model and
-    // the others have it too; wait for that, then check their stores.
+    // Once every live hospital has stored the last model, none needs
+    // another to stay up for it: stop them all cleanly (left alone, the
+    // last to finish lingers for members it has not heard from). Then
+    // check their stores.
     let wait_until =
         Instant::now() + Duration::from_millis(opts.collect_ms * 6).max(Duration::from_secs(60));
+    let live = |hs: &[Hospital], done: &[bool]| {
+        hs.iter()
+            .zip(done)
+            .all(|(h, d)| *d || h.thread.as_ref().is_none_or(|t| t.is_finished()))
+    };
+    while !live(&hospitals, &has_last) && Instant::now() < wait_until {
+        match report_rx.try_recv() {
+            Ok(r) if r.round >= opts.rounds => {
+                if let Some(done) = has_last.get_mut(r.me.index()) {
+                    *done = true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    for (h, done) in hospitals.iter_mut().zip(&has_last) {
+        if let Some(stop) = h.stop.take().filter(|_| *done) {
+            let _ = stop.send(());
+        }
+    }
     for h in &mut hospitals {
         if let Some(t) = h.thread.take() {
             while !t.is_finished() && Instant::now() < wait_until {
