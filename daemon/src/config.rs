@@ -213,6 +213,12 @@ pub struct TrainingConfig {
     /// Local optimiser: `sgd` (default; momentum 0.9, Nesterov) or `adamw`.
     /// It starts afresh from each global model.
     pub optimizer: String,
+    /// Keep the local optimiser's state (momentum, Adam's moments) from
+    /// round to round instead of starting afresh from each global model.
+    /// Default false: with skewed data, moments from this member's last
+    /// round make the global model swing. With IID data and DP-SGD, kept
+    /// moments average the noise over more steps.
+    pub keep_optimizer_state: bool,
     /// How members' local training combines: `scaffold` (default; local
     /// gradients corrected by control variates summed in the same secure
     /// aggregation, against the drift of members whose data is skewed) or
@@ -246,6 +252,7 @@ impl Default for TrainingConfig {
             lr_schedule: "cosine".into(),
             optimizer: "sgd".into(),
             algorithm: "scaffold".into(),
+            keep_optimizer_state: false,
             weight_decay: 5e-4,
             augment: true,
             class_weights: "balanced".into(),
@@ -390,6 +397,8 @@ optimizer = "sgd"
 # "scaffold": local gradients corrected by control variates aggregated with the
 # update (twice the vector, robust to skewed data); "fedavg": plain averaging.
 algorithm = "scaffold"
+# Keep the optimiser's moments across rounds (true suits IID data under DP-SGD).
+keep_optimizer_state = false
 # Weight decay on convolution and linear weights.
 weight_decay = 0.0005
 # Random rotation, shift, zoom, brightness and contrast of training images.

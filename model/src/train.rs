@@ -246,6 +246,13 @@ impl Trainer {
         self.step = step;
     }
 
+    /// Changes the base learning rate (the schedule scales it), keeping the
+    /// optimiser's state: a federated member that keeps its optimiser
+    /// across rounds decays the rate round by round this way.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
     /// Steps per pass over `data` at this batch size.
     pub fn steps_per_epoch(&self, data: &Dataset) -> u64 {
         (data

@@ -73,6 +73,11 @@ pub struct Args {
     #[arg(long, default_value = "balanced")]
     pub class_weights: String,
 
+    /// Keep each hospital's optimiser state (momentum, Adam's moments)
+    /// across rounds instead of starting afresh from each global model.
+    #[arg(long)]
+    pub keep_optimizer_state: bool,
+
     /// Random rotation, shift, zoom, brightness and contrast of training
     /// images.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
@@ -220,6 +225,7 @@ impl Args {
             optimizer: self.optimizer.clone(),
             algorithm,
             augment: self.augment,
+            keep_optimizer_state: self.keep_optimizer_state,
             class_weights: self.class_weights.clone(),
             seed: self.seed,
             ..TrainingConfig::default()

@@ -54,6 +54,10 @@ pub struct LocalTraining {
     /// SCAFFOLD: the global vector is the weights followed by the
     /// consortium's control variate `c`; this member keeps its own `c_i`.
     scaffold: Option<Scaffold>,
+    /// `keep_optimizer_state`: the trainers live from round to round.
+    keep_optimizer: bool,
+    kept: Option<Trainer>,
+    kept_dp: Option<DpTrainer>,
 }
 
 /// A member's SCAFFOLD state. `c_i` is the mean raw gradient of its last
@@ -227,7 +231,7 @@ impl LocalTraining {
         // Checked now, so that a bad setting is refused at start.
         Trainer::new(&model, &train_cfg)?;
         let settings = format!(
-            "{} fingerprint={} local_steps={} batch_size={} learning_rate={} lr_schedule={}/{} optimizer={} algorithm={} weight_decay={} augment={} class_weights={} seed={}",
+            "{} fingerprint={} local_steps={} batch_size={} learning_rate={} lr_schedule={}/{} optimizer={} keep_optimizer_state={} algorithm={} weight_decay={} augment={} class_weights={} seed={}",
             spec.canonical(),
             &model.fingerprint().to_hex()[..16],
             cfg.local_steps,
@@ -236,6 +240,7 @@ impl LocalTraining {
             cfg.lr_schedule,
             horizon,
             cfg.optimizer,
+            cfg.keep_optimizer_state,
             cfg.algorithm,
             cfg.weight_decay,
             cfg.augment,
@@ -262,6 +267,9 @@ impl LocalTraining {
             rng: ChaCha8Rng::from_seed(*h.finalize().as_bytes()),
             settings,
             scaffold: (cfg.algorithm == "scaffold").then_some(Scaffold { own: None }),
+            keep_optimizer: cfg.keep_optimizer_state,
+            kept: None,
+            kept_dp: None,
         })
     }
 
@@ -398,7 +406,15 @@ impl UpdateSource for LocalTraining {
         let _g = span.enter();
         let report = match &mut self.private {
             None => {
-                let mut trainer = Trainer::new(&self.model, &cfg)?;
+                let mut fresh = None;
+                let trainer = match (&mut self.kept, self.keep_optimizer) {
+                    (Some(t), true) => {
+                        t.set_lr(cfg.lr);
+                        t
+                    }
+                    (slot, true) => slot.insert(Trainer::new(&self.model, &cfg)?),
+                    (_, false) => fresh.insert(Trainer::new(&self.model, &cfg)?),
+                };
                 if let Some(s) = &self.scaffold {
                     let correction: Vec<f32> = match &s.own {
                         Some(own) => consortium_c
@@ -448,7 +464,15 @@ impl UpdateSource for LocalTraining {
                         delta: Zeroizing::new(vec![0.0; base.params.len()]),
                     });
                 }
-                let mut trainer = DpTrainer::new(&self.model, &cfg, dp)?;
+                let mut fresh = None;
+                let trainer = match (&mut self.kept_dp, self.keep_optimizer) {
+                    (Some(t), true) => {
+                        t.set_lr(cfg.lr);
+                        t
+                    }
+                    (slot, true) => slot.insert(DpTrainer::new(&self.model, &cfg, dp)?),
+                    (_, false) => fresh.insert(DpTrainer::new(&self.model, &cfg, dp)?),
+                };
                 let report = trainer.train_steps(
                     &mut self.model,
                     &self.train,
@@ -589,6 +613,54 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("values"), "{err}");
+    }
+
+    /// With `keep_optimizer_state` the momentum of round one carries into
+    /// round two. One full-batch step per round from the same global model
+    /// gives the same gradient g both times; Nesterov SGD (momentum 0.9)
+    /// steps 1.9 lr g with a fresh buffer and (1 + 0.9 * 1.9) lr g = 2.71
+    /// lr g with the kept one.
+    #[test]
+    fn kept_optimizer_state_carries_momentum_into_the_next_round() {
+        use super::{LocalTraining, UpdateSource};
+        use crate::config::TrainingConfig;
+        use crate::node::model::GlobalModel;
+        use primia_model::data::phantom::phantom;
+
+        let data = phantom(96, 16, 0.5, 4).unwrap();
+        let cfg = |keep: bool| TrainingConfig {
+            input_size: 16,
+            local_steps: 1,
+            batch_size: 96,
+            augment: false,
+            algorithm: "fedavg".into(),
+            keep_optimizer_state: keep,
+            ..TrainingConfig::default()
+        };
+        let mut fresh =
+            LocalTraining::new(data.clone(), data.clone(), &cfg(false), 0, "a").unwrap();
+        let mut kept = LocalTraining::new(data.clone(), data, &cfg(true), 0, "a").unwrap();
+        assert_ne!(fresh.settings(), kept.settings());
+        let base = GlobalModel {
+            round: 0,
+            params: fresh.initial_model().unwrap(),
+        };
+        let a1 = fresh.update(1, &base).unwrap();
+        let b1 = kept.update(1, &base).unwrap();
+        assert_eq!(&a1.delta[..], &b1.delta[..]);
+        let a2 = fresh.update(2, &base).unwrap();
+        let b2 = kept.update(2, &base).unwrap();
+        let dot = |x: &[f32], y: &[f32]| -> f64 {
+            x.iter()
+                .zip(y)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
+        };
+        let ratio = dot(&b2.delta, &a2.delta) / dot(&a2.delta, &a2.delta);
+        assert!(
+            (ratio - 2.71 / 1.9).abs() < 0.01,
+            "kept / fresh step {ratio}"
+        );
     }
 
     #[test]

@@ -440,7 +440,7 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
              [network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n\n\
              [round]\ncollect_ms = {collect}\nleader_silence_ms = {silence}\nmax_attempts = 8\nrounds = {rounds}\npause_ms = 0\n\n\
              [training]\nmode = \"train\"\nmodel = \"{model}\"\ninput_size = {input}\nlocal_steps = {steps}\n\
-             batch_size = {batch}\nlearning_rate = {lr}\nlr_schedule = \"{schedule}\"\noptimizer = \"{opt}\"\nalgorithm = \"{algorithm}\"\nweight_decay = {wd}\n\
+             batch_size = {batch}\nlearning_rate = {lr}\nlr_schedule = \"{schedule}\"\noptimizer = \"{opt}\"\nalgorithm = \"{algorithm}\"\nkeep_optimizer_state = {keep}\nweight_decay = {wd}\n\
              augment = {augment}\nclass_weights = \"{cw}\"\nseed = {seed}\n",
             collect = opts.collect_ms,
             silence = opts.collect_ms * 3,
@@ -453,6 +453,7 @@ fn write_consortium(opts: &SimOptions, shares: &[Share]) -> anyhow::Result<Vec<(
             schedule = t.lr_schedule,
             opt = t.optimizer,
             algorithm = t.algorithm,
+            keep = t.keep_optimizer_state,
             wd = t.weight_decay,
             augment = t.augment,
             cw = t.class_weights,

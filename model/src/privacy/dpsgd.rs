@@ -209,6 +209,13 @@ impl DpTrainer {
         self.step = step;
     }
 
+    /// Changes the base learning rate (the schedule scales it), keeping the
+    /// optimiser's state: a federated member that keeps its optimiser
+    /// across rounds decays the rate round by round this way.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
     /// Runs `steps` DP-SGD steps on `data`, recording each in `accountant`
     /// as it is taken (so an error midway leaves the accountant counting
     /// every step whose update reached the model).
