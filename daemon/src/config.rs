@@ -211,7 +211,7 @@ pub struct TrainingConfig {
     /// rounds (`round.rounds`) to 5 %; `constant`: it does not.
     pub lr_schedule: String,
     /// Local optimiser: `sgd` (default; momentum 0.9, Nesterov) or `adamw`.
-    /// It starts afresh from each global model.
+    /// It starts afresh from each global model unless `keep_optimizer_state`.
     pub optimizer: String,
     /// Keep the local optimiser's state (momentum, Adam's moments) from
     /// round to round instead of starting afresh from each global model.
@@ -392,7 +392,8 @@ batch_size = 32
 learning_rate = 0.02
 # "cosine": decays over round.rounds to 5 %; "constant".
 lr_schedule = "cosine"
-# Local optimiser: "sgd" (Nesterov momentum 0.9) or "adamw"; fresh from each global model.
+# Local optimiser: "sgd" (Nesterov momentum 0.9) or "adamw"; fresh from each global
+# model unless keep_optimizer_state.
 optimizer = "sgd"
 # "scaffold": local gradients corrected by control variates aggregated with the
 # update (twice the vector, robust to skewed data); "fedavg": plain averaging.

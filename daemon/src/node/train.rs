@@ -416,14 +416,15 @@ impl UpdateSource for LocalTraining {
                     (_, false) => fresh.insert(Trainer::new(&self.model, &cfg)?),
                 };
                 if let Some(s) = &self.scaffold {
-                    let correction: Vec<f32> = match &s.own {
+                    // Derived from c_i: wiped when dropped, as c_i is.
+                    let correction = Zeroizing::new(match &s.own {
                         Some(own) => consortium_c
                             .iter()
                             .zip(own.iter())
                             .map(|(c, o)| c - o)
-                            .collect(),
+                            .collect::<Vec<f32>>(),
                         None => vec![0.0; weights],
-                    };
+                    });
                     trainer.set_drift_correction(&self.model, &correction)?;
                 }
                 let report = trainer.train_steps(

@@ -773,12 +773,12 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
     // check their stores.
     let wait_until =
         Instant::now() + Duration::from_millis(opts.collect_ms * 6).max(Duration::from_secs(60));
-    let live = |hs: &[Hospital], done: &[bool]| {
+    let all_have_last = |hs: &[Hospital], done: &[bool]| {
         hs.iter()
             .zip(done)
             .all(|(h, d)| *d || h.thread.as_ref().is_none_or(|t| t.is_finished()))
     };
-    while !live(&hospitals, &has_last) && Instant::now() < wait_until {
+    while !all_have_last(&hospitals, &has_last) && Instant::now() < wait_until {
         match report_rx.try_recv() {
             Ok(r) if r.round >= opts.rounds => {
                 if let Some(done) = has_last.get_mut(r.me.index()) {
