@@ -142,6 +142,15 @@ impl Model {
     /// model with the same fingerprint. Exact: flatten then unflatten gives
     /// the same bits.
     pub fn unflatten(&mut self, flat: &[f32]) -> Result<()> {
+        for (v, t) in self.params.values().zip(self.split_flat(flat)?) {
+            v.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts a vector in [`Model::flatten`] order into one tensor per
+    /// variable, shaped as that variable (in [`Model::vars`] order).
+    pub(crate) fn split_flat(&self, flat: &[f32]) -> Result<Vec<Tensor>> {
         let expected = self.param_count();
         if flat.len() != expected {
             return Err(ModelError::FlatLength {
@@ -150,13 +159,17 @@ impl Model {
             });
         }
         let mut at = 0;
+        let mut out = Vec::with_capacity(self.params.len());
         for v in self.params.values() {
             let n = v.elem_count();
-            let t = Tensor::from_slice(&flat[at..at + n], v.as_tensor().dims(), &self.device)?;
-            v.set(&t)?;
+            out.push(Tensor::from_slice(
+                &flat[at..at + n],
+                v.as_tensor().dims(),
+                &self.device,
+            )?);
             at += n;
         }
-        Ok(())
+        Ok(out)
     }
 
     /// An independent copy (same spec and weights, separate storage), e.g.

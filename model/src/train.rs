@@ -192,27 +192,10 @@ impl Trainer {
     /// optimiser sees it, and the raw gradients are summed for
     /// [`Trainer::mean_gradient`].
     pub fn set_drift_correction(&mut self, model: &Model, correction: &[f32]) -> Result<()> {
-        let expected = model.param_count();
-        if correction.len() != expected {
-            return Err(ModelError::FlatLength {
-                expected,
-                got: correction.len(),
-            });
-        }
-        let mut at = 0;
-        let mut tensors = Vec::new();
-        for (_, v) in model.vars() {
-            let n = v.elem_count();
-            tensors.push(Tensor::from_slice(
-                &correction[at..at + n],
-                v.as_tensor().dims(),
-                model.device(),
-            )?);
-            at += n;
-        }
-        let vars = tensors.len();
+        let correction = model.split_flat(correction)?;
+        let vars = correction.len();
         self.drift = Some(Drift {
-            correction: tensors,
+            correction,
             sum: vec![None; vars],
             steps: 0,
         });
