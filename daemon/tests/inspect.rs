@@ -8,27 +8,9 @@ use serde_json::Value;
 
 /// The shared DICOM corpus, or `None` after saying so; fails instead under
 /// `PRIMIA_REQUIRE_DATA=1`.
-fn dicom_corpus(test: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("PRIMIA_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
-        });
-    let dir = base.join("dicom");
-    if dir.join("EXPECTED.json").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("PRIMIA_REQUIRE_DATA").as_deref() == Ok("1") {
-        panic!(
-            "{test}: PRIMIA_REQUIRE_DATA=1 but the DICOM corpus {} is missing",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping {test}: DICOM corpus {} not found (set PRIMIA_DATA_DIR)",
-        dir.display()
-    );
-    None
+fn dicom_corpus() -> Option<PathBuf> {
+    primia_tests::shared_data_file("dicom/EXPECTED.json")
+        .and_then(|f| f.parent().map(Path::to_path_buf))
 }
 
 /// Runs `primiad inspect --json FILE`: exit success and the parsed document.
@@ -51,7 +33,7 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn inspect_json_agrees_with_expected_json_on_every_corpus_file() {
-    let Some(dir) = dicom_corpus("inspect_json_agrees_with_expected_json") else {
+    let Some(dir) = dicom_corpus() else {
         return;
     };
     let text = std::fs::read_to_string(dir.join("EXPECTED.json")).unwrap();
@@ -147,7 +129,7 @@ fn inspect_reports_errors_as_json_and_as_text() {
 
 #[test]
 fn inspect_text_output_names_the_fields() {
-    let Some(dir) = dicom_corpus("inspect_text_output_names_the_fields") else {
+    let Some(dir) = dicom_corpus() else {
         return;
     };
     let out = Command::new(env!("CARGO_BIN_EXE_primiad"))
