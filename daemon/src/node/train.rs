@@ -517,7 +517,21 @@ impl UpdateSource for LocalTraining {
 
 #[cfg(test)]
 mod tests {
-    use super::lr_factor;
+    use super::{LocalTraining, UpdateSource, lr_factor, weights_of};
+    use crate::config::TrainingConfig;
+    use crate::node::model::GlobalModel;
+
+    /// A member training on 96 small phantom images (also its validation
+    /// images), without augmentation, under `cfg` otherwise.
+    fn member(cfg: TrainingConfig) -> LocalTraining {
+        let data = primia_model::data::phantom::phantom(96, 16, 0.5, 4).unwrap();
+        let cfg = TrainingConfig {
+            input_size: 16,
+            augment: false,
+            ..cfg
+        };
+        LocalTraining::new(data.clone(), data, &cfg, 0, "a").unwrap()
+    }
 
     /// SCAFFOLD doubles the global vector (weights, then the control
     /// variate `c`, zero at first). Round one is plain FedAvg for the
@@ -525,24 +539,14 @@ mod tests {
     /// weights away from what FedAvg would have trained.
     #[test]
     fn scaffold_carries_a_control_variate_and_corrects_the_next_round() {
-        use super::{LocalTraining, UpdateSource, weights_of};
-        use crate::config::TrainingConfig;
-        use crate::node::model::GlobalModel;
-        use primia_model::data::phantom::phantom;
-
-        let data = phantom(96, 16, 0.5, 4).unwrap();
         let cfg = |algorithm: &str| TrainingConfig {
-            input_size: 16,
             local_steps: 3,
             batch_size: 16,
-            augment: false,
             algorithm: algorithm.into(),
             ..TrainingConfig::default()
         };
-        let mut plain =
-            LocalTraining::new(data.clone(), data.clone(), &cfg("fedavg"), 0, "a").unwrap();
-        let mut scaffold =
-            LocalTraining::new(data.clone(), data.clone(), &cfg("scaffold"), 0, "a").unwrap();
+        let mut plain = member(cfg("fedavg"));
+        let mut scaffold = member(cfg("scaffold"));
         let p = plain.parameter_count();
         assert_eq!(scaffold.parameter_count(), 2 * p);
         assert_ne!(plain.settings(), scaffold.settings());
@@ -623,24 +627,15 @@ mod tests {
     /// lr g with the kept one.
     #[test]
     fn kept_optimizer_state_carries_momentum_into_the_next_round() {
-        use super::{LocalTraining, UpdateSource};
-        use crate::config::TrainingConfig;
-        use crate::node::model::GlobalModel;
-        use primia_model::data::phantom::phantom;
-
-        let data = phantom(96, 16, 0.5, 4).unwrap();
         let cfg = |keep: bool| TrainingConfig {
-            input_size: 16,
             local_steps: 1,
             batch_size: 96,
-            augment: false,
             algorithm: "fedavg".into(),
             keep_optimizer_state: keep,
             ..TrainingConfig::default()
         };
-        let mut fresh =
-            LocalTraining::new(data.clone(), data.clone(), &cfg(false), 0, "a").unwrap();
-        let mut kept = LocalTraining::new(data.clone(), data, &cfg(true), 0, "a").unwrap();
+        let mut fresh = member(cfg(false));
+        let mut kept = member(cfg(true));
         assert_ne!(fresh.settings(), kept.settings());
         let base = GlobalModel {
             round: 0,
