@@ -29,6 +29,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    // SAFETY: first thing in main, no other thread yet; as in `primiad`.
+    unsafe { primia_model::runtime::configure_process() };
     // `cargo bench` passes `--bench`; everything else is ours.
     let args: Vec<String> = std::env::args()
         .skip(1)

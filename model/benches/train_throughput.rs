@@ -16,6 +16,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn main() {
+    // SAFETY: first thing in main, no other thread yet. The same process
+    // settings as `primiad`, which is what hospitals train with.
+    unsafe { primia_model::runtime::configure_process() };
     // `cargo bench` passes `--bench`; everything else is ours.
     let args: Vec<String> = std::env::args()
         .skip(1)

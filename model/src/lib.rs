@@ -37,6 +37,7 @@ pub mod model;
 mod nets;
 pub mod optim;
 pub mod privacy;
+pub mod runtime;
 pub mod spec;
 pub mod train;
 
