@@ -762,6 +762,72 @@ fn sum8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     acc.iter().sum()
 }
 
+/// The gradient arriving at a normalisation's output.
+#[derive(Clone, Copy)]
+enum Upstream<'a> {
+    /// Of the output itself (same shape).
+    Same(&'a [f32]),
+    /// Of the output's 2x2 max-pooling: `(h / 2) x (w / 2)` per plane of
+    /// the `h x w` output.
+    Pooled { dy: &'a [f32], h: usize, w: usize },
+}
+
+/// 2x2 max-pooling of one `h x w` plane into `(h / 2) x (w / 2)` (odd
+/// trailing rows and columns dropped, as candle's).
+fn pool_plane(xp: &[f32], h: usize, w: usize, yp: &mut [f32]) {
+    let (ho, wo) = (h / 2, w / 2);
+    for oy in 0..ho {
+        let r0 = &xp[2 * oy * w..2 * oy * w + w];
+        let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+        for (ox, o) in yp[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
+            *o = r0[2 * ox]
+                .max(r0[2 * ox + 1])
+                .max(r1[2 * ox].max(r1[2 * ox + 1]));
+        }
+    }
+}
+
+/// The gradient of [`pool_plane`]: writes every element of `dxp` (`h x w`),
+/// giving each window's `dyp` to the window's first maximum in row-major
+/// order, as PyTorch does, and zero to the rest. With `relu`, `xp` is a
+/// ReLU's output and a window whose maximum is not positive gets nothing
+/// either (the ReLU's own gradient mask, applied in the same sweep).
+fn unpool_plane(xp: &[f32], dyp: &[f32], h: usize, w: usize, relu: bool, dxp: &mut [f32]) {
+    let (ho, wo) = (h / 2, w / 2);
+    for oy in 0..ho {
+        let (top, rest) = dxp[2 * oy * w..].split_at_mut(w);
+        let bottom = &mut rest[..w];
+        let r0 = &xp[2 * oy * w..2 * oy * w + w];
+        let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+        for ox in 0..wo {
+            let (a, b, c, d) = (r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]);
+            let m = a.max(b).max(c.max(d));
+            let g = if relu && m <= 0.0 { 0.0 } else { dyp[oy * wo + ox] };
+            // First maximum: a, then b, then c, then d.
+            let (ga, gb, gc, gd) = if a == m {
+                (g, 0.0, 0.0, 0.0)
+            } else if b == m {
+                (0.0, g, 0.0, 0.0)
+            } else if c == m {
+                (0.0, 0.0, g, 0.0)
+            } else {
+                (0.0, 0.0, 0.0, g)
+            };
+            top[2 * ox] = ga;
+            top[2 * ox + 1] = gb;
+            bottom[2 * ox] = gc;
+            bottom[2 * ox + 1] = gd;
+        }
+        if w % 2 == 1 {
+            top[w - 1] = 0.0;
+            bottom[w - 1] = 0.0;
+        }
+    }
+    if h % 2 == 1 {
+        dxp[(h - 1) * w..h * w].fill(0.0);
+    }
+}
+
 /// Group normalisation over NCHW with per-channel scale and shift, optionally followed by ReLU.
 #[derive(Debug, Clone, Copy)]
 struct GroupNormOp {
@@ -828,7 +894,7 @@ impl GroupNormOp {
         xv: &[f32],
         gv: &[f32],
         yv: &[f32],
-        dy: &[f32],
+        dy: Upstream<'_>,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let cpg = c / self.groups;
         let glen = cpg * hw;
@@ -845,17 +911,36 @@ impl GroupNormOp {
                 |ng, dxg, dgbg| {
                     let off = ng * glen;
                     let xg = &xv[off..off + glen];
-                    let dyg = &dy[off..off + glen];
                     let (mean, rstd) = group_stats(xg, self.eps);
                     let c0 = (ng % self.groups) * cpg;
-                    // Gradient after the ReLU mask, kept in dxg for the second sweep.
-                    if self.relu {
-                        let yg = &yv[off..off + glen];
-                        for ((d, &g), &y) in dxg.iter_mut().zip(dyg).zip(yg) {
-                            *d = if y > 0.0 { g } else { 0.0 };
+                    // Gradient after the ReLU mask (and through the pooling),
+                    // kept in dxg for the second sweep.
+                    let yg = &yv[off..off + glen];
+                    match dy {
+                        Upstream::Same(dy) => {
+                            let dyg = &dy[off..off + glen];
+                            if self.relu {
+                                for ((d, &g), &y) in dxg.iter_mut().zip(dyg).zip(yg) {
+                                    *d = if y > 0.0 { g } else { 0.0 };
+                                }
+                            } else {
+                                dxg.copy_from_slice(dyg);
+                            }
                         }
-                    } else {
-                        dxg.copy_from_slice(dyg);
+                        Upstream::Pooled { dy, h, w } => {
+                            let phw = (h / 2) * (w / 2);
+                            for j in 0..cpg {
+                                let plane = ng * cpg + j;
+                                unpool_plane(
+                                    &yg[j * hw..(j + 1) * hw],
+                                    &dy[plane * phw..(plane + 1) * phw],
+                                    h,
+                                    w,
+                                    self.relu,
+                                    &mut dxg[j * hw..(j + 1) * hw],
+                                );
+                            }
+                        }
                     }
                     // sum(dxhat) and sum(dxhat * xhat) over the group.
                     let (mut s1, mut s2) = (0.0f32, 0.0f32);
@@ -948,7 +1033,7 @@ impl CustomOp3 for GroupNormOp {
         let gv = data(&gg, gl, name)?;
         let dy = data(&dyg, dyl, name)?;
         let yv = data(&yg, yl, name)?;
-        let (dx, dgamma, dbeta) = self.backward_raw(n, c, hw, xv, gv, yv, dy);
+        let (dx, dgamma, dbeta) = self.backward_raw(n, c, hw, xv, gv, yv, Upstream::Same(dy));
         let dx = x
             .track_op()
             .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
@@ -992,12 +1077,48 @@ pub fn group_norm(
 /// convolution's output stays inside the op (kept for the backward pass)
 /// instead of becoming a tensor of the graph, which saves candle's
 /// allocation, zero-filling and summing of that tensor's gradient.
+///
+/// With `pool`, the op also max-pools its output 2x2 ([`conv_norm_relu_pool`]):
+/// the full-size activation stays inside the op as well, and the pooling's
+/// gradient is taken in the normalisation's first backward sweep, so that
+/// neither the full-size activation nor its gradient is ever a tensor of
+/// the graph (candle zero-fills and sums a gradient buffer for every such
+/// tensor).
 #[derive(Debug)]
 struct ConvNormReluOp {
     conv: Conv2dOp,
     norm: GroupNormOp,
+    pool: bool,
     /// The convolution's output, from the forward pass.
     conv_out: Mutex<Option<Vec<f32>>>,
+    /// With `pool`: the activation before pooling, from the forward pass.
+    act: Mutex<Option<Vec<f32>>>,
+}
+
+impl ConvNormReluOp {
+    fn new(stride: usize, pad: usize, groups: usize, eps: f64, pool: bool) -> Self {
+        ConvNormReluOp {
+            conv: Conv2dOp { stride, pad },
+            norm: GroupNormOp {
+                groups,
+                eps: eps as f32,
+                relu: true,
+            },
+            pool,
+            conv_out: Mutex::new(None),
+            act: Mutex::new(None),
+        }
+    }
+}
+
+/// Takes what a mutex holds, even from a poisoned one.
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// Stores `v` in a mutex, even a poisoned one.
+fn put<T>(m: &Mutex<Option<T>>, v: T) {
+    *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
 }
 
 impl CustomOp3 for ConvNormReluOp {
@@ -1032,8 +1153,20 @@ impl CustomOp3 for ConvNormReluOp {
         }
         let z = conv_forward_raw(&g, x, w);
         let y = self.norm.forward_raw(n, c, hw, &z, &gb[..c], &gb[c..]);
-        *self.conv_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(z);
-        Ok((CpuStorage::F32(y), Shape::from(&shape[..])))
+        put(&self.conv_out, z);
+        if !self.pool {
+            return Ok((CpuStorage::F32(y), Shape::from(&shape[..])));
+        }
+        let (h, w) = (g.h_out, g.w_out);
+        let (ho, wo) = (h / 2, w / 2);
+        let mut pooled = vec![0.0f32; n * c * ho * wo];
+        if ho * wo > 0 {
+            par_chunks(&mut pooled, ho * wo, |i, yp| {
+                pool_plane(&y[i * hw..(i + 1) * hw], h, w, yp);
+            });
+        }
+        put(&self.act, y);
+        Ok((CpuStorage::F32(pooled), Shape::from((n, c, ho, wo))))
     }
 
     fn bwd(
@@ -1046,7 +1179,7 @@ impl CustomOp3 for ConvNormReluOp {
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let name = self.name();
         let g = ConvGeom::new(x.dims(), w.dims(), self.conv.stride, self.conv.pad)?;
-        let (n, c, hw) = self.norm.dims(res.dims())?;
+        let (n, c, hw) = self.norm.dims(&[g.n, g.c_out, g.h_out, g.w_out])?;
         let (xc, wc, gbc, yc, dyc) = (
             contiguous(x)?,
             contiguous(w)?,
@@ -1062,19 +1195,33 @@ impl CustomOp3 for ConvNormReluOp {
         let xv = data(&xg, xl, name)?;
         let wv = data(&wg, wl, name)?;
         let gbv = data(&gbg, gbl, name)?;
-        let yv = data(&yg, yl, name)?;
         let dy = data(&dyg, dyl, name)?;
-        let saved = self.conv_out.lock().unwrap_or_else(|e| e.into_inner());
-        let recomputed;
-        let z = match saved.as_deref() {
+        // What the forward pass kept; recomputed if a second backward pass
+        // through the same graph finds it already taken.
+        let z = match take(&self.conv_out) {
             Some(z) => z,
-            None => {
-                recomputed = conv_forward_raw(&g, xv, wv);
-                &recomputed
-            }
+            None => conv_forward_raw(&g, xv, wv),
         };
-        let (dz, dgamma, dbeta) = self.norm.backward_raw(n, c, hw, z, &gbv[..c], yv, dy);
-        drop(saved);
+        let act = self.pool.then(|| {
+            take(&self.act)
+                .unwrap_or_else(|| self.norm.forward_raw(n, c, hw, &z, &gbv[..c], &gbv[c..]))
+        });
+        let (yv, up) = match &act {
+            Some(a) => {
+                let up = Upstream::Pooled {
+                    dy,
+                    h: g.h_out,
+                    w: g.w_out,
+                };
+                (&a[..], up)
+            }
+            None => (data(&yg, yl, name)?, Upstream::Same(dy)),
+        };
+        let (dz, dgamma, dbeta) = self.norm.backward_raw(n, c, hw, &z, &gbv[..c], yv, up);
+        put(&self.conv_out, z);
+        if let Some(a) = act {
+            put(&self.act, a);
+        }
         let dx = if x.track_op() {
             let dx = conv_grad_input(&g, wv, &dz);
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)
@@ -1112,26 +1259,39 @@ pub fn conv_norm_relu(
     groups: usize,
     eps: f64,
 ) -> CResult<Tensor> {
+    let op = ConvNormReluOp::new(stride, padding, groups, eps, false);
+    apply_conv_norm_relu(x, weight, scale, shift, op)
+}
+
+/// [`conv_norm_relu`] followed by [`max_pool2x2`], in one op.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_norm_relu_pool(
+    x: &Tensor,
+    weight: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    eps: f64,
+) -> CResult<Tensor> {
+    let op = ConvNormReluOp::new(stride, padding, groups, eps, true);
+    apply_conv_norm_relu(x, weight, scale, shift, op)
+}
+
+fn apply_conv_norm_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    op: ConvNormReluOp,
+) -> CResult<Tensor> {
     for t in [x, weight, scale, shift] {
         check_cpu_f32(t, "conv_norm_relu")?;
     }
     let gb = Tensor::cat(&[scale, shift], 0)?;
-    x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &gb,
-        ConvNormReluOp {
-            conv: Conv2dOp {
-                stride,
-                pad: padding,
-            },
-            norm: GroupNormOp {
-                groups,
-                eps: eps as f32,
-                relu: true,
-            },
-            conv_out: Mutex::new(None),
-        },
-    )
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &gb, op)
 }
 
 /// 2x2 max-pooling with stride 2 (odd trailing rows and columns dropped, as candle's).
@@ -1152,16 +1312,7 @@ impl CustomOp1 for MaxPool2x2Op {
         let mut y = vec![0.0f32; n * c * ho * wo];
         if ho * wo > 0 {
             par_chunks(&mut y, ho * wo, |i, yp| {
-                let xp = &x[i * h * w..(i + 1) * h * w];
-                for oy in 0..ho {
-                    let r0 = &xp[2 * oy * w..2 * oy * w + w];
-                    let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
-                    for (ox, o) in yp[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
-                        *o = r0[2 * ox]
-                            .max(r0[2 * ox + 1])
-                            .max(r1[2 * ox].max(r1[2 * ox + 1]));
-                    }
-                }
+                pool_plane(&x[i * h * w..(i + 1) * h * w], h, w, yp);
             });
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
@@ -1179,25 +1330,7 @@ impl CustomOp1 for MaxPool2x2Op {
         if ho * wo > 0 {
             par_chunks(&mut dx, h * w, |i, dxp| {
                 let xp = &xv[i * h * w..(i + 1) * h * w];
-                let dyp = &dy[i * ho * wo..(i + 1) * ho * wo];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        // First maximum in row-major window order.
-                        let cand = [
-                            2 * oy * w + 2 * ox,
-                            2 * oy * w + 2 * ox + 1,
-                            (2 * oy + 1) * w + 2 * ox,
-                            (2 * oy + 1) * w + 2 * ox + 1,
-                        ];
-                        let mut best = cand[0];
-                        for &i in &cand[1..] {
-                            if xp[i] > xp[best] {
-                                best = i;
-                            }
-                        }
-                        dxp[best] += dyp[oy * wo + ox];
-                    }
-                }
+                unpool_plane(xp, &dy[i * ho * wo..(i + 1) * ho * wo], h, w, false, dxp);
             });
         }
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))

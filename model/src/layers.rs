@@ -304,6 +304,25 @@ impl ConvNormRelu {
         }
         self.norm.forward_relu(&self.conv.forward(x)?, true)
     }
+
+    /// [`Self::forward`] followed by [`max_pool2x2`]: one fused kernel on
+    /// the CPU, which keeps the full-size activation and its gradient out
+    /// of the graph.
+    pub(crate) fn forward_pooled(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && self.conv.bias.is_none() {
+            return Ok(kernels::conv_norm_relu_pool(
+                x,
+                &self.conv.weight,
+                &self.norm.weight,
+                &self.norm.bias,
+                self.conv.stride,
+                self.conv.padding,
+                self.norm.groups,
+                self.norm.eps,
+            )?);
+        }
+        max_pool2x2(&self.forward(x)?)
+    }
 }
 
 /// 2x2 max-pooling with stride 2: the custom kernel on the CPU, candle's

@@ -106,12 +106,16 @@ impl CompactCnn {
         for s in &self.stem {
             x = s.forward(&x)?;
         }
+        // Every stage but the last ends with a 2x2 max-pool, fused into
+        // its last convolution.
+        let stages = self.blocks.len();
         for (b, convs) in self.blocks.iter().enumerate() {
-            if b > 0 {
-                x = max_pool2x2(&x)?;
-            }
-            for conv in convs {
-                x = conv.forward(&x)?;
+            for (i, conv) in convs.iter().enumerate() {
+                x = if b + 1 < stages && i + 1 == convs.len() {
+                    conv.forward_pooled(&x)?
+                } else {
+                    conv.forward(&x)?
+                };
             }
         }
         self.head.forward(&global_avg_pool(&x)?)

@@ -323,6 +323,52 @@ fn max_pool_matches_candle() {
 }
 
 #[test]
+fn fused_conv_norm_relu_pool_matches_candle() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    // (n, c_in, c_out, size, stride, groups): the compact CNN's pooled
+    // units at batch 64 and 1, odd sizes (trailing row and column
+    // dropped) and a strided convolution.
+    let cases = [
+        (64, 16, 16, 28, 1, 4),
+        (1, 32, 32, 14, 1, 8),
+        (3, 8, 8, 13, 1, 4),
+        (2, 4, 8, 9, 2, 2),
+        (1, 16, 16, 7, 1, 4),
+    ];
+    for (n, c_in, c_out, size, stride, groups) in cases {
+        let name = format!("conv_norm_relu_pool n={n} {c_in}->{c_out} {size}px s={stride}");
+        let x = var(&mut rng, &[n, c_in, size, size]);
+        let w = var(&mut rng, &[c_out, c_in, 3, 3]);
+        let g = Var::from_tensor(&(random(&mut rng, &[c_out]) + 1.0).unwrap()).unwrap();
+        let b = var(&mut rng, &[c_out]);
+        let got = kernels::conv_norm_relu_pool(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap();
+        let z = x.conv2d(&w, 1, stride, 1, 1).unwrap();
+        let unpooled = kernels::conv_norm_relu(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap();
+        let want = reference_max_pool(&reference_group_norm(&z, &g, &b, groups, Some(&unpooled)));
+        check_close(&format!("{name}: output"), &got, &want, 1e-5);
+        let r = random(&mut rng, want.dims());
+        let gw = loss(&want, &r).backward().unwrap();
+        let gg = loss(&got, &r).backward().unwrap();
+        for (what, t) in [("input", &x), ("weight", &w), ("scale", &g), ("shift", &b)] {
+            check_close(
+                &format!("{name}: {what} gradient"),
+                gg.get(t.as_tensor()).unwrap(),
+                gw.get(t.as_tensor()).unwrap(),
+                1e-4,
+            );
+        }
+        // A second backward pass through the same graph gives the same.
+        let again = loss(&got, &r).backward().unwrap();
+        check_close(
+            &format!("{name}: second backward"),
+            again.get(w.as_tensor()).unwrap(),
+            gg.get(w.as_tensor()).unwrap(),
+            0.0,
+        );
+    }
+}
+
+#[test]
 fn kernels_refuse_mismatched_shapes() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let x = random(&mut rng, &[2, 3, 8, 8]);
