@@ -144,16 +144,47 @@ fn par_chunks2(
     });
 }
 
+thread_local! {
+    /// Threads this thread's kernels may use, when set by [`with_threads`].
+    static THREADS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Threads a kernel called from this thread uses: what [`with_threads`]
+/// set, else `candle_core::utils::get_num_threads()` (`RAYON_NUM_THREADS`,
+/// else the physical cores).
+pub fn threads() -> usize {
+    THREADS
+        .get()
+        .unwrap_or_else(candle_core::utils::get_num_threads)
+        .max(1)
+}
+
+/// Runs `f` with the kernels it calls on this thread limited to `threads`
+/// threads: for callers that already run several kernels side by side
+/// (training on parts of a batch at once). The results do not depend on
+/// the number of threads.
+pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    let before = THREADS.replace(Some(threads.max(1)));
+    // Restored on the way out, also by a panic.
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREADS.set(self.0);
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
 /// Runs `f` on ranges that together cover `0..n` once, in parallel.
 ///
-/// On `candle_core::utils::get_num_threads()` threads (`RAYON_NUM_THREADS`,
-/// else the physical cores), scoped for the call: starting them costs
+/// On [`threads`] threads, scoped for the call: starting them costs
 /// tens of microseconds against the milliseconds each call computes, and
 /// threads that block rather than spin when they run out of work keep a
 /// busy machine's cores for work (candle's own spinning worker pool lost
 /// a fifth of the throughput when other processes were running).
 fn for_each_chunked(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
-    let threads = candle_core::utils::get_num_threads().clamp(1, n.max(1));
+    let threads = threads().clamp(1, n.max(1));
     if threads <= 1 {
         return f(0..n);
     }
@@ -453,7 +484,7 @@ fn col2im_add(g: &ConvGeom, cols: &[f32], ld: usize, x: &mut [f32]) {
 /// Columns (images times output pixels) per matrix product: enough to
 /// amortise packing the weights, which for the small late feature maps
 /// (7x7, 4x4) would otherwise cost as much as the product itself.
-const BLOCK_COLUMNS: usize = 1024;
+const BLOCK_COLUMNS: usize = 512;
 /// At most this many images per block, so batches still split among threads.
 const MAX_BLOCK_IMAGES: usize = 16;
 
@@ -475,7 +506,7 @@ fn block_images(g: &ConvGeom) -> usize {
 /// Lets the matrix product use all threads itself when there are fewer
 /// blocks than threads (a small batch on large late layers).
 fn inner_parallelism(blocks: usize) -> Parallelism {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = threads();
     if blocks < threads {
         Parallelism::Rayon(threads)
     } else {
@@ -799,24 +830,28 @@ fn unpool_plane(xp: &[f32], dyp: &[f32], h: usize, w: usize, relu: bool, dxp: &m
         let bottom = &mut rest[..w];
         let r0 = &xp[2 * oy * w..2 * oy * w + w];
         let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+        let dy = &dyp[oy * wo..(oy + 1) * wo];
+        // Exact lengths, so the loop below needs no bounds checks and
+        // vectorises (stride-2 loads and stores, selects).
+        let (t, b) = (&mut top[..2 * wo], &mut bottom[..2 * wo]);
+        let (r0, r1) = (&r0[..2 * wo], &r1[..2 * wo]);
         for ox in 0..wo {
-            let (a, b, c, d) = (r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]);
-            let m = a.max(b).max(c.max(d));
-            let g = if relu && m <= 0.0 { 0.0 } else { dyp[oy * wo + ox] };
-            // First maximum: a, then b, then c, then d.
-            let (ga, gb, gc, gd) = if a == m {
-                (g, 0.0, 0.0, 0.0)
-            } else if b == m {
-                (0.0, g, 0.0, 0.0)
-            } else if c == m {
-                (0.0, 0.0, g, 0.0)
-            } else {
-                (0.0, 0.0, 0.0, g)
-            };
-            top[2 * ox] = ga;
-            top[2 * ox + 1] = gb;
-            bottom[2 * ox] = gc;
-            bottom[2 * ox + 1] = gd;
+            let (xa, xb, xc, xd) = (r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]);
+            let m = xa.max(xb).max(xc.max(xd));
+            let g = if relu && m <= 0.0 { 0.0 } else { dy[ox] };
+            // First maximum: a, then b, then c, then d; selects, not
+            // branches (which one it is is a coin toss per window). `max`
+            // returns one of its arguments, so comparing bit patterns finds
+            // it (and skips the float comparison's NaN handling).
+            let mb = m.to_bits();
+            let is_a = xa.to_bits() == mb;
+            let is_b = !is_a & (xb.to_bits() == mb);
+            let is_c = !is_a & !is_b & (xc.to_bits() == mb);
+            let is_d = !is_a & !is_b & !is_c;
+            t[2 * ox] = if is_a { g } else { 0.0 };
+            t[2 * ox + 1] = if is_b { g } else { 0.0 };
+            b[2 * ox] = if is_c { g } else { 0.0 };
+            b[2 * ox + 1] = if is_d { g } else { 0.0 };
         }
         if w % 2 == 1 {
             top[w - 1] = 0.0;
@@ -1290,8 +1325,7 @@ fn apply_conv_norm_relu(
         check_cpu_f32(t, "conv_norm_relu")?;
     }
     let gb = Tensor::cat(&[scale, shift], 0)?;
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &gb, op)
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &gb, op)
 }
 
 /// 2x2 max-pooling with stride 2 (odd trailing rows and columns dropped, as candle's).

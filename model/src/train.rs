@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use crate::augment::{AugmentConfig, augment_into};
 use crate::data::Dataset;
 use crate::error::{ModelError, Result};
+use crate::kernels;
 use crate::metrics::{self, Metrics};
 use crate::model::Model;
 use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
@@ -294,7 +295,6 @@ impl Trainer {
                     None => dst.copy_from_slice(data.image(i)),
                 }
             }
-            let x = Tensor::from_vec(pixels, (bs, 1, data.size(), data.size()), model.device())?;
             // Per-example weight on the true class's column; the loss is the
             // weighted mean, as PyTorch's weighted cross-entropy.
             let mut target = vec![0.0f32; bs * classes];
@@ -310,18 +310,14 @@ impl Trainer {
                 self.step += 1;
                 continue;
             }
-            let target = Tensor::from_vec(target, (bs, classes), model.device())?;
-            let logits = model.forward(&x)?;
-            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let loss = ((logp * target)?.sum_all()? * (-1.0 / f64::from(wsum)))?;
-            let loss_value = f64::from(loss.to_scalar::<f32>()?);
+            let (loss_value, mut grads) =
+                batch_gradients(model, &pixels, &target, data.size(), classes, wsum)?;
             if !loss_value.is_finite() {
                 return Err(ModelError::InvalidConfig(format!(
                     "training diverged at step {} (loss {loss_value}); lower the learning rate",
                     self.step
                 )));
             }
-            let mut grads = loss.backward()?;
             if let Some(max_norm) = self.cfg.max_grad_norm {
                 clip_grads(model, &mut grads, max_norm)?;
             }
@@ -366,6 +362,87 @@ impl Trainer {
             },
         })
     }
+}
+
+/// A batch is split into this many parts, whose gradients are computed on
+/// threads of their own and then summed. Always this many, whatever the
+/// number of threads, so that the result does not depend on it.
+const BATCH_PARTS: usize = 2;
+
+/// Parts smaller than this are not worth a thread: a smaller batch is one part.
+const MIN_PART: usize = 8;
+
+/// The weighted cross-entropy of one batch (`bs` images of `size` x `size`
+/// pixels, targets holding each example's class weight in its true class's
+/// column, `wsum` their sum) and its gradients with respect to the model's
+/// variables.
+///
+/// The batch is cut into [`BATCH_PARTS`] parts trained side by side, each
+/// through its own graph with its kernels on its share of the threads, and
+/// the part's losses and gradients (each already divided by the whole
+/// batch's `wsum`) are summed. The networks normalise per example
+/// (GroupNorm), so this is the same sum as over the whole batch at once,
+/// taken in another order. On two cores it keeps both busy through the
+/// whole step: inside one graph, candle's small operations and each
+/// kernel's start and end run on one thread while the other waits.
+fn batch_gradients(
+    model: &Model,
+    pixels: &[f32],
+    target: &[f32],
+    size: usize,
+    classes: usize,
+    wsum: f32,
+) -> Result<(f64, candle_core::backprop::GradStore)> {
+    let bs = target.len() / classes;
+    let per = size * size;
+    let part = |range: std::ops::Range<usize>| -> Result<(f64, candle_core::backprop::GradStore)> {
+        let n = range.len();
+        let x = Tensor::from_slice(
+            &pixels[range.start * per..range.end * per],
+            (n, 1, size, size),
+            model.device(),
+        )?;
+        let t = Tensor::from_slice(
+            &target[range.start * classes..range.end * classes],
+            (n, classes),
+            model.device(),
+        )?;
+        let logits = model.forward(&x)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let loss = ((logp * t)?.sum_all()? * (-1.0 / f64::from(wsum)))?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
+        Ok((value, loss.backward()?))
+    };
+    if bs < BATCH_PARTS * MIN_PART {
+        return part(0..bs);
+    }
+    let cut = bs.div_ceil(BATCH_PARTS);
+    let threads = kernels::threads();
+    let inner = (threads / BATCH_PARTS).max(1);
+    let (first, second) = if threads >= BATCH_PARTS {
+        std::thread::scope(|s| {
+            let second = s.spawn(|| kernels::with_threads(inner, || part(cut..bs)));
+            let first = kernels::with_threads(inner, || part(0..cut));
+            let second = second
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (first, second)
+        })
+    } else {
+        (part(0..cut), part(cut..bs))
+    };
+    let ((l1, mut g1), (l2, mut g2)) = (first?, second?);
+    for (_, v) in model.vars() {
+        let t = v.as_tensor();
+        let sum = match (g1.remove(t), g2.remove(t)) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        };
+        if let Some(g) = sum {
+            g1.insert(t, g);
+        }
+    }
+    Ok((l1 + l2, g1))
 }
 
 /// Adds the raw gradients to the drift's sum, then the correction to them.
@@ -547,4 +624,61 @@ pub fn evaluate_at(model: &Model, data: &Dataset, threshold: f32) -> Result<Metr
         data.classes(),
         threshold,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::phantom::phantom;
+    use crate::spec::{Architecture, ModelSpec};
+
+    /// The parts' summed losses and gradients are the whole batch's, taken
+    /// through one graph.
+    #[test]
+    fn batch_parts_sum_to_the_whole_batch() {
+        let (n, size) = (37, 16);
+        let model = Model::new(
+            ModelSpec::new(Architecture::CompactCnn, size, 2).unwrap(),
+            4,
+        )
+        .unwrap();
+        let data = phantom(n, size, 0.5, 5).unwrap();
+        let pixels: Vec<f32> = (0..n).flat_map(|i| data.image(i).to_vec()).collect();
+        // Unequal class weights, so a wrong normalisation of a part shows.
+        let mut target = vec![0.0f32; n * 2];
+        let mut wsum = 0.0;
+        for i in 0..n {
+            let l = data.labels()[i] as usize;
+            let w = if l == 1 { 0.7 } else { 1.9 };
+            target[i * 2 + l] = w;
+            wsum += w;
+        }
+        let (loss, grads) = batch_gradients(&model, &pixels, &target, size, 2, wsum).unwrap();
+
+        let x = Tensor::from_slice(&pixels, (n, 1, size, size), model.device()).unwrap();
+        let t = Tensor::from_slice(&target, (n, 2), model.device()).unwrap();
+        let logp = candle_nn::ops::log_softmax(&model.forward(&x).unwrap(), D::Minus1).unwrap();
+        let whole = ((logp * t).unwrap().sum_all().unwrap() * (-1.0 / f64::from(wsum))).unwrap();
+        let whole_grads = whole.backward().unwrap();
+        let whole = f64::from(whole.to_scalar::<f32>().unwrap());
+        assert!(
+            (loss - whole).abs() <= 1e-5 * whole.abs(),
+            "loss {loss} vs {whole}"
+        );
+        for (name, v) in model.vars() {
+            let a = grads.get(v.as_tensor()).unwrap();
+            let b = whole_grads.get(v.as_tensor()).unwrap();
+            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name}: gradients differ by {worst} (scale {scale})"
+            );
+        }
+    }
 }

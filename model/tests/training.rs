@@ -1,6 +1,7 @@
 //! Training and evaluation on tiny synthetic data: the loss goes down, runs are reproducible, configs are checked.
 
 use primia_model::data::phantom::phantom;
+use primia_model::kernels;
 use primia_model::{
     Architecture, AugmentConfig, ClassWeighting, Dataset, LrSchedule, Model, ModelSpec,
     OptimizerKind, TrainConfig, Trainer, evaluate, local_update, train_steps,
@@ -58,6 +59,25 @@ fn config(optimizer: OptimizerKind, lr: f64) -> TrainConfig {
 
 fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// A batch is trained in parts side by side when there are threads for it,
+/// and in turn when there are not: the weights come out bit for bit the
+/// same either way.
+#[test]
+fn training_does_not_depend_on_the_number_of_threads() {
+    let d = data(80, 3);
+    let run = |threads: usize| {
+        kernels::with_threads(threads, || {
+            let mut m = model(1);
+            let mut t = Trainer::new(&m, &config(OptimizerKind::sgd(), 0.05)).unwrap();
+            t.train_steps(&mut m, &d, 3, &mut rng(2), |_| {}).unwrap();
+            m.flatten().unwrap()
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
 }
 
 /// Training must lower the loss on the data it trains on, for both optimisers.
