@@ -884,6 +884,8 @@ impl GroupNormOp {
     }
 
     /// Normalises, scales, shifts and (if `relu`) rectifies `x` (n, c, hw).
+    /// Also returns each group's mean and reciprocal standard deviation
+    /// (pairs, example-major), which the backward pass can reuse.
     fn forward_raw(
         &self,
         n: usize,
@@ -892,34 +894,46 @@ impl GroupNormOp {
         x: &[f32],
         gamma: &[f32],
         beta: &[f32],
-    ) -> Vec<f32> {
+    ) -> (Vec<f32>, Vec<f32>) {
         let mut y = vec![0.0f32; n * c * hw];
+        let mut stats = vec![0.0f32; n * self.groups * 2];
         let cpg = c / self.groups;
         let glen = cpg * hw;
         if glen > 0 {
-            par_chunks(&mut y, glen, |ng, yg| {
-                let xg = &x[ng * glen..(ng + 1) * glen];
-                let (mean, rstd) = group_stats(xg, self.eps);
-                let c0 = (ng % self.groups) * cpg;
-                for j in 0..cpg {
-                    let a = gamma[c0 + j] * rstd;
-                    let b = beta[c0 + j] - mean * a;
-                    let (xs, ys) = (&xg[j * hw..(j + 1) * hw], &mut yg[j * hw..(j + 1) * hw]);
-                    if self.relu {
-                        ys.iter_mut()
-                            .zip(xs)
-                            .for_each(|(o, &v)| *o = (v * a + b).max(0.0));
-                    } else {
-                        ys.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b);
+            par_chunks2(
+                n * self.groups,
+                &mut y,
+                glen,
+                &mut stats,
+                2,
+                |ng, yg, st| {
+                    let xg = &x[ng * glen..(ng + 1) * glen];
+                    let (mean, rstd) = group_stats(xg, self.eps);
+                    st[0] = mean;
+                    st[1] = rstd;
+                    let c0 = (ng % self.groups) * cpg;
+                    for j in 0..cpg {
+                        let a = gamma[c0 + j] * rstd;
+                        let b = beta[c0 + j] - mean * a;
+                        let (xs, ys) = (&xg[j * hw..(j + 1) * hw], &mut yg[j * hw..(j + 1) * hw]);
+                        if self.relu {
+                            ys.iter_mut()
+                                .zip(xs)
+                                .for_each(|(o, &v)| *o = (v * a + b).max(0.0));
+                        } else {
+                            ys.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b);
+                        }
                     }
-                }
-            });
+                },
+            );
         }
-        y
+        (y, stats)
     }
 
     /// The input, scale and shift gradients, given the input `xv`, the
-    /// scales `gv`, the output `yv` (for the ReLU mask) and its gradient `dy`.
+    /// scales `gv`, the output `yv` (for the ReLU mask) and its gradient `dy`,
+    /// and the group statistics of [`Self::forward_raw`] if kept (else
+    /// they are computed again).
     #[allow(clippy::too_many_arguments)]
     fn backward_raw(
         &self,
@@ -930,6 +944,7 @@ impl GroupNormOp {
         gv: &[f32],
         yv: &[f32],
         dy: Upstream<'_>,
+        stats: Option<&[f32]>,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let cpg = c / self.groups;
         let glen = cpg * hw;
@@ -946,7 +961,10 @@ impl GroupNormOp {
                 |ng, dxg, dgbg| {
                     let off = ng * glen;
                     let xg = &xv[off..off + glen];
-                    let (mean, rstd) = group_stats(xg, self.eps);
+                    let (mean, rstd) = match stats {
+                        Some(st) => (st[2 * ng], st[2 * ng + 1]),
+                        None => group_stats(xg, self.eps),
+                    };
                     let c0 = (ng % self.groups) * cpg;
                     // Gradient after the ReLU mask (and through the pooling),
                     // kept in dxg for the second sweep.
@@ -1040,7 +1058,7 @@ impl CustomOp3 for GroupNormOp {
                 beta.len()
             );
         }
-        let y = self.forward_raw(n, c, hw, x, gamma, beta);
+        let (y, _) = self.forward_raw(n, c, hw, x, gamma, beta);
         Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
     }
 
@@ -1068,7 +1086,7 @@ impl CustomOp3 for GroupNormOp {
         let gv = data(&gg, gl, name)?;
         let dy = data(&dyg, dyl, name)?;
         let yv = data(&yg, yl, name)?;
-        let (dx, dgamma, dbeta) = self.backward_raw(n, c, hw, xv, gv, yv, Upstream::Same(dy));
+        let (dx, dgamma, dbeta) = self.backward_raw(n, c, hw, xv, gv, yv, Upstream::Same(dy), None);
         let dx = x
             .track_op()
             .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
@@ -1128,6 +1146,8 @@ struct ConvNormReluOp {
     conv_out: Mutex<Option<Vec<f32>>>,
     /// With `pool`: the activation before pooling, from the forward pass.
     act: Mutex<Option<Vec<f32>>>,
+    /// The normalisation's group statistics, from the forward pass.
+    stats: Mutex<Option<Vec<f32>>>,
 }
 
 impl ConvNormReluOp {
@@ -1142,6 +1162,7 @@ impl ConvNormReluOp {
             pool,
             conv_out: Mutex::new(None),
             act: Mutex::new(None),
+            stats: Mutex::new(None),
         }
     }
 }
@@ -1187,8 +1208,9 @@ impl CustomOp3 for ConvNormReluOp {
             );
         }
         let z = conv_forward_raw(&g, x, w);
-        let y = self.norm.forward_raw(n, c, hw, &z, &gb[..c], &gb[c..]);
+        let (y, stats) = self.norm.forward_raw(n, c, hw, &z, &gb[..c], &gb[c..]);
         put(&self.conv_out, z);
+        put(&self.stats, stats);
         if !self.pool {
             return Ok((CpuStorage::F32(y), Shape::from(&shape[..])));
         }
@@ -1233,13 +1255,13 @@ impl CustomOp3 for ConvNormReluOp {
         let dy = data(&dyg, dyl, name)?;
         // What the forward pass kept; recomputed if a second backward pass
         // through the same graph finds it already taken.
-        let z = match take(&self.conv_out) {
-            Some(z) => z,
-            None => conv_forward_raw(&g, xv, wv),
+        let (z, stats) = match (take(&self.conv_out), take(&self.stats)) {
+            (Some(z), stats) => (z, stats),
+            (None, _) => (conv_forward_raw(&g, xv, wv), None),
         };
         let act = self.pool.then(|| {
             take(&self.act)
-                .unwrap_or_else(|| self.norm.forward_raw(n, c, hw, &z, &gbv[..c], &gbv[c..]))
+                .unwrap_or_else(|| self.norm.forward_raw(n, c, hw, &z, &gbv[..c], &gbv[c..]).0)
         });
         let (yv, up) = match &act {
             Some(a) => {
@@ -1252,8 +1274,13 @@ impl CustomOp3 for ConvNormReluOp {
             }
             None => (data(&yg, yl, name)?, Upstream::Same(dy)),
         };
-        let (dz, dgamma, dbeta) = self.norm.backward_raw(n, c, hw, &z, &gbv[..c], yv, up);
+        let (dz, dgamma, dbeta) =
+            self.norm
+                .backward_raw(n, c, hw, &z, &gbv[..c], yv, up, stats.as_deref());
         put(&self.conv_out, z);
+        if let Some(st) = stats {
+            put(&self.stats, st);
+        }
         if let Some(a) = act {
             put(&self.act, a);
         }
