@@ -831,27 +831,29 @@ fn unpool_plane(xp: &[f32], dyp: &[f32], h: usize, w: usize, relu: bool, dxp: &m
         let r0 = &xp[2 * oy * w..2 * oy * w + w];
         let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
         let dy = &dyp[oy * wo..(oy + 1) * wo];
-        // Exact lengths, so the loop below needs no bounds checks and
-        // vectorises (stride-2 loads and stores, selects).
+        // Exact lengths, so the loop below needs no bounds checks.
         let (t, b) = (&mut top[..2 * wo], &mut bottom[..2 * wo]);
         let (r0, r1) = (&r0[..2 * wo], &r1[..2 * wo]);
         for ox in 0..wo {
             let (xa, xb, xc, xd) = (r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]);
             let m = xa.max(xb).max(xc.max(xd));
-            let g = if relu && m <= 0.0 { 0.0 } else { dy[ox] };
-            // First maximum: a, then b, then c, then d; selects, not
-            // branches (which one it is is a coin toss per window). `max`
-            // returns one of its arguments, so comparing bit patterns finds
-            // it (and skips the float comparison's NaN handling).
-            let mb = m.to_bits();
-            let is_a = xa.to_bits() == mb;
-            let is_b = !is_a & (xb.to_bits() == mb);
-            let is_c = !is_a & !is_b & (xc.to_bits() == mb);
-            let is_d = !is_a & !is_b & !is_c;
-            t[2 * ox] = if is_a { g } else { 0.0 };
-            t[2 * ox + 1] = if is_b { g } else { 0.0 };
-            b[2 * ox] = if is_c { g } else { 0.0 };
-            b[2 * ox + 1] = if is_d { g } else { 0.0 };
+            // The gradient, as bits; zero where the ReLU blocks it.
+            let pass = !relu | (m > 0.0);
+            let g = dy[ox].to_bits() & 0u32.wrapping_sub(pass as u32);
+            // First maximum: a, then b, then c, then d. `max` returns one of
+            // its arguments, so comparing bit patterns finds it; the choice
+            // is made with masks rather than branches (which element wins
+            // is a coin toss per window), which also lets the loop vectorise.
+            let mbits = m.to_bits();
+            let hit = |v: f32| 0u32.wrapping_sub((v.to_bits() == mbits) as u32);
+            let ma = hit(xa);
+            let mb = hit(xb) & !ma;
+            let mc = hit(xc) & !(ma | mb);
+            let md = !(ma | mb | mc);
+            t[2 * ox] = f32::from_bits(g & ma);
+            t[2 * ox + 1] = f32::from_bits(g & mb);
+            b[2 * ox] = f32::from_bits(g & mc);
+            b[2 * ox + 1] = f32::from_bits(g & md);
         }
         if w % 2 == 1 {
             top[w - 1] = 0.0;
