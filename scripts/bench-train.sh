@@ -26,13 +26,11 @@
 # Last line:
 #   train-throughput model=cnn candle_img_s=... torch_img_s=... ratio=...
 #
-# Measured on the 2-core development machine (AMD EPYC, load average 4-9
-# from other builds), torch 2.15:
-#   2 threads: cnn candle 445 img/s (1.25-1.56 ms CPU/img), torch 130
-#              (2.0-5.9 ms CPU/img), ratio 3.43;
-#              resnet18 (batch 32) candle 38.3, torch 60.7, ratio 0.63
-#   1 thread:  cnn candle 364 img/s (1.00-1.05 ms CPU/img), torch 486
-#              (0.79-0.91 ms CPU/img), ratio 0.75
+# Measured on the 2-core development machine (AMD EPYC Zen 4, quiet),
+# torch 2.15, 2 threads, medians of the alternating repetitions:
+#   cnn       candle 2,334 img/s (0.80-0.93 ms CPU/img), torch 2,195
+#             (0.87-1.10 ms CPU/img): ratio 1.06 (1.13 in a second run)
+#   resnet18  (batch 64) candle 40.4, torch 61.7: ratio 0.65
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
