@@ -418,11 +418,12 @@ fn batch_gradients(
     }
     let cut = bs.div_ceil(BATCH_PARTS);
     let threads = kernels::threads();
-    let inner = (threads / BATCH_PARTS).max(1);
     let (first, second) = if threads >= BATCH_PARTS {
+        // The first part takes the odd thread, if any.
+        let (inner1, inner2) = (threads - threads / 2, threads / 2);
         std::thread::scope(|s| {
-            let second = s.spawn(|| kernels::with_threads(inner, || part(cut..bs)));
-            let first = kernels::with_threads(inner, || part(0..cut));
+            let second = s.spawn(|| kernels::with_threads(inner2, || part(cut..bs)));
+            let first = kernels::with_threads(inner1, || part(0..cut));
             let second = second
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
