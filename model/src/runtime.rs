@@ -25,8 +25,9 @@
 //!   (`CANDLE_NUM_THREADS=1`: each caller does its element-wise work
 //!   itself) unless the variable is set, and shortens the spin
 //!   ([`CANDLE_SPIN_LIMIT`]) of a pool that is kept. Element-wise results do
-//!   not depend on how the work is split. Training and DP-SGD of the
-//!   default CNN ran 3-10 % faster on two cores, more on a busy machine.
+//!   not depend on how the work is split. Training of the default
+//!   CNN ran 3 % faster on two idle cores (10 % less CPU per image on a
+//!   busy machine), DP-SGD 8-14 %.
 //!
 //! Both are settings of the process, not of a library: a program that
 //! trains (`primiad`, the benchmarks) calls [`configure_process`] first
