@@ -290,27 +290,28 @@ impl ConvNormRelu {
 
     /// One fused kernel on the CPU; the two layers in turn elsewhere.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() && self.conv.bias.is_none() {
-            return Ok(kernels::conv_norm_relu(
-                x,
-                &self.conv.weight,
-                &self.norm.weight,
-                &self.norm.bias,
-                self.conv.stride,
-                self.conv.padding,
-                self.norm.groups,
-                self.norm.eps,
-            )?);
+        match self.fused(x, kernels::conv_norm_relu) {
+            Some(y) => y,
+            None => self.norm.forward_relu(&self.conv.forward(x)?, true),
         }
-        self.norm.forward_relu(&self.conv.forward(x)?, true)
     }
 
     /// [`Self::forward`] followed by [`max_pool2x2`]: one fused kernel on
     /// the CPU, which keeps the full-size activation and its gradient out
     /// of the graph.
     pub(crate) fn forward_pooled(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() && self.conv.bias.is_none() {
-            return Ok(kernels::conv_norm_relu_pool(
+        match self.fused(x, kernels::conv_norm_relu_pool) {
+            Some(y) => y,
+            None => max_pool2x2(&self.forward(x)?),
+        }
+    }
+
+    /// `kernel` (one of the fused CPU kernels) applied with this layer's
+    /// parameters, or `None` where it does not apply (another device, a
+    /// convolution bias).
+    fn fused(&self, x: &Tensor, kernel: FusedKernel) -> Option<Result<Tensor>> {
+        (x.device().is_cpu() && self.conv.bias.is_none()).then(|| {
+            Ok(kernel(
                 x,
                 &self.conv.weight,
                 &self.norm.weight,
@@ -319,11 +320,14 @@ impl ConvNormRelu {
                 self.conv.padding,
                 self.norm.groups,
                 self.norm.eps,
-            )?);
-        }
-        max_pool2x2(&self.forward(x)?)
+            )?)
+        })
     }
 }
+
+/// The signature shared by [`kernels::conv_norm_relu`] and [`kernels::conv_norm_relu_pool`].
+type FusedKernel =
+    fn(&Tensor, &Tensor, &Tensor, &Tensor, usize, usize, usize, f64) -> candle_core::Result<Tensor>;
 
 /// 2x2 max-pooling with stride 2: the custom kernel on the CPU, candle's
 /// own elsewhere.
