@@ -207,26 +207,33 @@ fn group_norm_matches_candle() {
     }
 }
 
-#[test]
-fn fused_conv_norm_relu_matches_candle() {
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    // (n, c_in, c_out, size, stride, groups): the compact CNN's units at
-    // batch 64 and 1, and a strided stem.
-    let cases = [
-        (64, 1, 16, 28, 1, 4),
-        (64, 16, 32, 14, 1, 8),
-        (1, 32, 64, 7, 1, 8),
-        (3, 16, 16, 13, 2, 4),
-    ];
-    for (n, c_in, c_out, size, stride, groups) in cases {
-        let name = format!("conv_norm_relu n={n} {c_in}->{c_out} {size}px s={stride} g={groups}");
+/// Checks the fused convolution, GroupNorm and ReLU (then 2x2 max-pool if
+/// `pool`) against candle's convolution, [`reference_group_norm`] and
+/// [`reference_max_pool`] on each case `(n, c_in, c_out, size, stride,
+/// groups)`: the output, all four gradients, and a second backward pass
+/// through the same graph.
+fn check_fused(seed: u64, cases: &[(usize, usize, usize, usize, usize, usize)], pool: bool) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for &(n, c_in, c_out, size, stride, groups) in cases {
+        let op = if pool {
+            "conv_norm_relu_pool"
+        } else {
+            "conv_norm_relu"
+        };
+        let name = format!("{op} n={n} {c_in}->{c_out} {size}px s={stride} g={groups}");
         let x = var(&mut rng, &[n, c_in, size, size]);
         let w = var(&mut rng, &[c_out, c_in, 3, 3]);
         let g = Var::from_tensor(&(random(&mut rng, &[c_out]) + 1.0).unwrap()).unwrap();
         let b = var(&mut rng, &[c_out]);
-        let got = kernels::conv_norm_relu(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap();
+        let unpooled = kernels::conv_norm_relu(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap();
         let z = x.conv2d(&w, 1, stride, 1, 1).unwrap();
-        let want = reference_group_norm(&z, &g, &b, groups, Some(&got));
+        let mut want = reference_group_norm(&z, &g, &b, groups, Some(&unpooled));
+        let got = if pool {
+            want = reference_max_pool(&want);
+            kernels::conv_norm_relu_pool(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap()
+        } else {
+            unpooled
+        };
         check_close(&format!("{name}: output"), &got, &want, 1e-5);
         let r = random(&mut rng, want.dims());
         let gw = loss(&want, &r).backward().unwrap();
@@ -239,7 +246,27 @@ fn fused_conv_norm_relu_matches_candle() {
                 1e-4,
             );
         }
+        // A second backward pass through the same graph gives the same.
+        let again = loss(&got, &r).backward().unwrap();
+        check_close(
+            &format!("{name}: second backward"),
+            again.get(w.as_tensor()).unwrap(),
+            gg.get(w.as_tensor()).unwrap(),
+            0.0,
+        );
     }
+}
+
+#[test]
+fn fused_conv_norm_relu_matches_candle() {
+    // The compact CNN's units at batch 64 and 1, and a strided stem.
+    let cases = [
+        (64, 1, 16, 28, 1, 4),
+        (64, 16, 32, 14, 1, 8),
+        (1, 32, 64, 7, 1, 8),
+        (3, 16, 16, 13, 2, 4),
+    ];
+    check_fused(9, &cases, false);
 }
 
 #[test]
@@ -324,10 +351,8 @@ fn max_pool_matches_candle() {
 
 #[test]
 fn fused_conv_norm_relu_pool_matches_candle() {
-    let mut rng = ChaCha8Rng::seed_from_u64(10);
-    // (n, c_in, c_out, size, stride, groups): the compact CNN's pooled
-    // units at batch 64 and 1, odd sizes (trailing row and column
-    // dropped) and a strided convolution.
+    // The compact CNN's pooled units at batch 64 and 1, odd sizes
+    // (trailing row and column dropped) and a strided convolution.
     let cases = [
         (64, 16, 16, 28, 1, 4),
         (1, 32, 32, 14, 1, 8),
@@ -335,37 +360,7 @@ fn fused_conv_norm_relu_pool_matches_candle() {
         (2, 4, 8, 9, 2, 2),
         (1, 16, 16, 7, 1, 4),
     ];
-    for (n, c_in, c_out, size, stride, groups) in cases {
-        let name = format!("conv_norm_relu_pool n={n} {c_in}->{c_out} {size}px s={stride}");
-        let x = var(&mut rng, &[n, c_in, size, size]);
-        let w = var(&mut rng, &[c_out, c_in, 3, 3]);
-        let g = Var::from_tensor(&(random(&mut rng, &[c_out]) + 1.0).unwrap()).unwrap();
-        let b = var(&mut rng, &[c_out]);
-        let got = kernels::conv_norm_relu_pool(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap();
-        let z = x.conv2d(&w, 1, stride, 1, 1).unwrap();
-        let unpooled = kernels::conv_norm_relu(&x, &w, &g, &b, stride, 1, groups, 1e-5).unwrap();
-        let want = reference_max_pool(&reference_group_norm(&z, &g, &b, groups, Some(&unpooled)));
-        check_close(&format!("{name}: output"), &got, &want, 1e-5);
-        let r = random(&mut rng, want.dims());
-        let gw = loss(&want, &r).backward().unwrap();
-        let gg = loss(&got, &r).backward().unwrap();
-        for (what, t) in [("input", &x), ("weight", &w), ("scale", &g), ("shift", &b)] {
-            check_close(
-                &format!("{name}: {what} gradient"),
-                gg.get(t.as_tensor()).unwrap(),
-                gw.get(t.as_tensor()).unwrap(),
-                1e-4,
-            );
-        }
-        // A second backward pass through the same graph gives the same.
-        let again = loss(&got, &r).backward().unwrap();
-        check_close(
-            &format!("{name}: second backward"),
-            again.get(w.as_tensor()).unwrap(),
-            gg.get(w.as_tensor()).unwrap(),
-            0.0,
-        );
-    }
+    check_fused(10, &cases, true);
 }
 
 #[test]
