@@ -75,10 +75,11 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 
 /// Sends one request and returns whether it was answered.
 async fn answered(x: &mut Swarm<Stock>, peer: PeerId, addr: &Multiaddr, payload: Vec<u8>) -> bool {
-    let id = x
-        .behaviour_mut()
-        .bulk
-        .send_request_with_addresses(&peer, payload, vec![addr.clone()]);
+    let id = x.behaviour_mut().bulk.send_request_with_addresses(
+        &peer,
+        payload.into(),
+        vec![addr.clone()],
+    );
     within("the stranger's request ends", async {
         loop {
             match x.select_next_some().await {

@@ -210,7 +210,7 @@ async fn a_stranger_cannot_connect_publish_or_request() {
     a_addr.pop();
     let request = x.behaviour_mut().bulk.send_request_with_addresses(
         &a.peer,
-        b"let me in".to_vec(),
+        b"let me in".to_vec().into(),
         vec![a_addr],
     );
     let outcome = drive(&mut x, "stranger's request ends", |e| match e {

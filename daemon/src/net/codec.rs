@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response::Codec;
@@ -13,9 +14,11 @@ use libp2p::request_response::Codec;
 /// The protocol name of bulk transfers between members.
 pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/primia/bulk/1");
 
-/// How far ahead of the received bytes the buffer of an incoming payload
-/// grows. A peer that announces a large payload and then stalls costs us
-/// this much, not the announced length.
+/// The first size of the buffer of an incoming payload. It doubles as
+/// bytes arrive (so each byte is moved at most once on average), never past
+/// the announced length: a peer that announces a large payload and then
+/// stalls costs us at most this plus twice what it sent, not the announced
+/// length.
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
 /// Length-prefixed framing of opaque requests and responses with size caps.
@@ -97,14 +100,16 @@ where
             format!("{what} of {len} bytes exceeds the limit of {max_bytes} bytes"),
         ));
     }
-    // Grow the buffer a chunk at a time as bytes arrive, zeroing each byte
-    // once. (`read_to_end` would zero the whole spare capacity again after
-    // every pending read, which is quadratic for large frames.)
+    // Grow the buffer as bytes arrive, zeroing each byte once.
+    // (`read_to_end` would zero the whole spare capacity again after every
+    // pending read, which is quadratic for large frames.)
     let mut buf = Vec::new();
     let mut filled = 0;
     while filled < len {
         if filled == buf.len() {
-            buf.resize(filled + (len - filled).min(READ_CHUNK_BYTES), 0);
+            let target = len.min(filled.saturating_mul(2).max(READ_CHUNK_BYTES));
+            buf.reserve_exact(target - filled);
+            buf.resize(target, 0);
         }
         match io.read(&mut buf[filled..]).await? {
             0 => {
@@ -151,15 +156,17 @@ where
 
 impl Codec for BulkCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    /// Shared, so that one message for several members is not copied
+    /// once per member.
+    type Request = Bytes;
     type Response = Vec<u8>;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Bytes>
     where
         T: AsyncRead + Unpin + Send,
     {
         let result = read_frame(io, self.max_request_bytes, "request").await;
-        self.count_bad(result)
+        self.count_bad(result).map(Bytes::from)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
@@ -174,7 +181,7 @@ impl Codec for BulkCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
+        req: Bytes,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,

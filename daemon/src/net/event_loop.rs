@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -614,7 +615,7 @@ impl EventLoop {
         }
     }
 
-    fn on_bulk(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn on_bulk(&mut self, event: request_response::Event<Bytes, Vec<u8>>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -639,7 +640,8 @@ impl EventLoop {
                     );
                     self.emit(NetEvent::Request {
                         from: peer,
-                        payload: request,
+                        // Without a copy: the codec made it from a Vec.
+                        payload: Vec::from(request),
                         reply: ResponseHandle {
                             tx,
                             max_response_bytes: self.max_response_bytes,

@@ -30,6 +30,7 @@ mod event_loop;
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -266,7 +267,7 @@ pub(crate) enum Command {
     },
     Request {
         peer: PeerId,
-        payload: Vec<u8>,
+        payload: Bytes,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
     Stats {
@@ -382,7 +383,15 @@ impl NetworkClient {
     /// Sends `payload` to roster member `peer` and waits for its response,
     /// dialing it first if needed. Fails on refusal, broken streams, a size
     /// cap on either side, or after the configured request timeout.
-    pub async fn request(&self, peer: PeerId, payload: Vec<u8>) -> Result<Vec<u8>, NetError> {
+    ///
+    /// `payload` may be a `Vec<u8>` or shared [`Bytes`]: a message for
+    /// several members is then sent to each without a copy.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        payload: impl Into<Bytes>,
+    ) -> Result<Vec<u8>, NetError> {
+        let payload = payload.into();
         let guard = self.request_guard;
         match tokio::time::timeout(
             guard,

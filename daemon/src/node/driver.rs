@@ -944,13 +944,10 @@ impl Driver {
             Some(t) => vec![t],
             None => self.others().collect(),
         };
-        let mut frame = Some(frame);
-        for (i, t) in targets.iter().enumerate() {
-            let bytes = if i + 1 == targets.len() {
-                frame.take().unwrap_or_default()
-            } else {
-                frame.clone().unwrap_or_default()
-            };
+        // One buffer for every target: an outcome goes to all members.
+        let frame = bytes::Bytes::from(frame);
+        for t in &targets {
+            let bytes = frame.clone();
             let peer = self.roster.peer_ids[t.index()];
             let net = self.net.clone();
             let kind = message.kind;
