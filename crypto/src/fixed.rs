@@ -161,6 +161,39 @@ pub fn decode_sum(sum: &[Ring]) -> Result<DecodedSum> {
     })
 }
 
+/// Decodes an unmasked sum as [`decode_sum`] does and hands each coordinate
+/// of its weighted mean ([`DecodedSum::mean`], bit for bit) to `each`, in
+/// order, without building the decoded sum or the mean: for a model of
+/// millions of parameters that saves two vectors and two passes.
+///
+/// Returns the total example count. On an error (the same ones, checked the
+/// same way as [`decode_sum`]) `each` has seen the coordinates before the
+/// bad one: discard what it built.
+pub fn for_each_mean(sum: &[Ring], mut each: impl FnMut(f32)) -> Result<u64> {
+    let (&total, body) = sum.split_last().ok_or(CryptoError::EmptySum)?;
+    if total > MAX_TOTAL_EXAMPLES {
+        return Err(CryptoError::TotalOutOfRange {
+            total,
+            max: MAX_TOTAL_EXAMPLES,
+        });
+    }
+    let limit = total * CLIP_FIXED;
+    let divisor = total as f64;
+    for (index, &w) in body.iter().enumerate() {
+        let v = w as i64;
+        if v.unsigned_abs() > limit {
+            return Err(CryptoError::SumOutOfRange { index });
+        }
+        // The arithmetic of `decode_sum` then `mean`, step by step.
+        each(if total == 0 {
+            0.0
+        } else {
+            (v as f64 / SCALE / divisor) as f32
+        });
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,40 @@ proptest! {
         }
     }
 
+    /// The streaming mean agrees bit for bit with decode_sum then mean, on
+    /// honest sums of several members and on arbitrary (mostly invalid)
+    /// vectors, where both must refuse with the same error.
+    #[test]
+    fn streaming_mean_matches_decoded_mean(
+        members in proptest::collection::vec(
+            (0u32..=fixed::MAX_EXAMPLES, proptest::collection::vec(-8.0f32..8.0, 40)),
+            1..6,
+        ),
+        garbage in proptest::collection::vec(any::<u64>(), 0..40),
+        small_total in 0u64..4,
+    ) {
+        let mut honest = vec![0u64; 41];
+        for (n, delta) in &members {
+            let mut x = Vec::new();
+            encode_update(*n, delta, &mut x).unwrap();
+            add_assign(&mut honest, &x);
+        }
+        let mut with_small_total = garbage.clone();
+        with_small_total.push(small_total);
+        for sum in [honest, garbage, with_small_total] {
+            let mut streamed = Vec::new();
+            let got = fixed::for_each_mean(&sum, |m| streamed.push(m.to_bits()));
+            match decode_sum(&sum) {
+                Ok(d) => {
+                    prop_assert_eq!(got.unwrap(), d.total_examples);
+                    let want: Vec<u32> = d.mean().iter().map(|m| m.to_bits()).collect();
+                    prop_assert_eq!(streamed, want);
+                }
+                Err(e) => prop_assert_eq!(got.unwrap_err().to_string(), e.to_string()),
+            }
+        }
+    }
+
     /// add_mask then sub_mask gives back the original; masks of several seeds
     /// with opposite signs cancel in a sum, as pairwise masks must.
     #[test]

@@ -149,9 +149,13 @@ impl GlobalModel {
                 expected: self.params.len() + 1,
             });
         }
-        let decoded = fixed::decode_sum(sum).map_err(|e| ModelError::Sum(e.to_string()))?;
-        let mean = decoded.mean();
-        let params = self.params.iter().zip(&mean).map(|(p, d)| p + d).collect();
+        // One pass: no decoded sum or mean vector of the model's size.
+        let mut params = Vec::with_capacity(self.params.len());
+        let mut base = self.params.iter();
+        fixed::for_each_mean(sum, |d| {
+            params.push(base.next().copied().unwrap_or(0.0) + d)
+        })
+        .map_err(|e| ModelError::Sum(e.to_string()))?;
         Ok(Self { round, params })
     }
 }
