@@ -268,6 +268,11 @@ fn run(n: usize, params: usize, rounds: u64) -> (Vec<Measured>, Vec<Measured>) {
 }
 
 fn main() {
+    // The allocator settings `primiad` applies to itself (see
+    // `primia_model::runtime`): without them every round page-faults its
+    // megabyte vectors in again.
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { primia_model::runtime::configure_process() };
     let rounds: u64 = std::env::var("ROUND_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
