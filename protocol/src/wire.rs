@@ -737,7 +737,7 @@ impl<'a> Decoded<'a> {
 
     /// The vector of a bulk message left in the envelope by
     /// [`decode_in_place`]: little-endian `u64`s, a whole number of them.
-    pub(crate) fn vector_le(&self) -> Option<&'a [u8]> {
+    pub fn vector_le(&self) -> Option<&'a [u8]> {
         self.vector_le
     }
 
@@ -746,7 +746,7 @@ impl<'a> Decoded<'a> {
     /// piece by piece as the signature's hash passes over it (one read of
     /// the bytes, not two); otherwise it is moved out of the payload. On a
     /// bad signature nothing is returned.
-    pub(crate) fn verify_vector(
+    pub fn verify_vector(
         &mut self,
         sender_identity: &PublicIdentity,
     ) -> Result<Vec<Ring>, ProtocolError> {
@@ -792,7 +792,7 @@ impl<'a> Decoded<'a> {
     /// The caller has checked that the vector has `sum.len()` entries; if
     /// not (or if the message was not decoded in place) nothing is added
     /// and this fails.
-    pub(crate) fn verify_adding_vector(
+    pub fn verify_adding_vector(
         &self,
         sender_identity: &PublicIdentity,
         sum: &mut [Ring],
@@ -844,7 +844,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
 /// outcome while checking its signature, instead of first allocating and
 /// filling a copy of megabytes. Accepts and rejects exactly what [`decode`]
 /// does.
-pub(crate) fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
+pub fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
     if bytes.len() > MAX_BULK_MESSAGE_BYTES {
         return Err(ProtocolError::Oversized {
             len: bytes.len(),

@@ -557,6 +557,7 @@ impl Driver {
         let machine = if self.plain {
             Machine::Plain(Box::new(PlainRound::new(
                 &self.protocol_roster,
+                Arc::clone(&self.identity),
                 self.me,
                 cfg,
                 now,
