@@ -1,7 +1,10 @@
 //! Members that would combine incompatible updates refuse to work together:
 //! one member of three is configured with another model size; it stops
 //! with a message that shows both settings lines, and so does every member
-//! that hears from it before it is gone.
+//! that hears from it before it is gone. A member learns of the conflict
+//! either way: refused when it asks, or asked by the other; the odd member
+//! stops even when the others asked it first and are gone before it asks
+//! them.
 
 use std::time::Duration;
 

@@ -48,6 +48,11 @@ const LATEST_INTERVAL: Duration = Duration::from_secs(1);
 /// members still in it.
 const MIN_LINGER: Duration = Duration::from_secs(5);
 
+/// How long a member that refused another's request for other settings
+/// stays up before it stops, so that the refusal (which tells the asker
+/// both settings lines) reaches the asker first.
+const SETTINGS_REFUSAL_GRACE: Duration = Duration::from_secs(1);
+
 /// Work done by other tasks, reported back to the loop.
 enum Internal {
     /// The update source finished preparing `round`'s update.
@@ -205,6 +210,10 @@ pub(super) struct Driver {
     /// When to fetch the model of the round this member is running, if it
     /// has not finished the round by itself by then (see `fetch_newer`).
     fetch_due: Option<TokioInstant>,
+    /// A member asked with other settings and was refused: this member
+    /// stops too, at the instant given, once the refusal had time to reach
+    /// the asker (see [`SETTINGS_REFUSAL_GRACE`]).
+    settings_conflict: Option<(TokioInstant, anyhow::Error)>,
     /// (member, hash) fetches that failed; not tried again until the member
     /// announces something new.
     failed_fetches: BTreeSet<(MemberId, ModelHash)>,
@@ -344,6 +353,7 @@ impl Driver {
             asked_latest: BTreeMap::new(),
             fetching: None,
             fetch_due: None,
+            settings_conflict: None,
             failed_fetches: BTreeSet::new(),
             source: Some(source),
             prepared: None,
@@ -453,11 +463,14 @@ impl Driver {
     // ----- timers and round starts -----
 
     fn next_deadline(&self) -> Option<TokioInstant> {
-        let stage = self.stage_deadline();
-        match (stage, self.fetch_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.stage_deadline(),
+            self.fetch_due,
+            self.settings_conflict.as_ref().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn stage_deadline(&self) -> Option<TokioInstant> {
@@ -485,6 +498,12 @@ impl Driver {
     }
 
     async fn on_timer(&mut self) -> anyhow::Result<()> {
+        if let Some((at, _)) = &self.settings_conflict
+            && *at <= TokioInstant::now()
+            && let Some((_, error)) = self.settings_conflict.take()
+        {
+            return Err(error);
+        }
         if self.fetch_due.is_some_and(|t| t <= TokioInstant::now()) {
             self.fetch_due = None;
             self.fetch_newer_now(true);
@@ -1264,6 +1283,13 @@ impl Driver {
                     );
                     let reason = format!("{}{}", wire::SETTINGS_DIFFER, self.settings);
                     answer(reply, Response::Refused(&reason));
+                    // Learning of the conflict from a question is learning
+                    // it all the same: stop as an asker that was refused
+                    // would, whichever of the two asked first.
+                    if self.settings_conflict.is_none() {
+                        let at = TokioInstant::now() + SETTINGS_REFUSAL_GRACE;
+                        self.settings_conflict = Some((at, self.settings_error(from, theirs)));
+                    }
                 }
             }
             Ok(Request::Model(hash)) => {
@@ -1411,6 +1437,19 @@ impl Driver {
         });
     }
 
+    /// Why this member stops: `from` uses the settings line `theirs`.
+    fn settings_error(&self, from: MemberId, theirs: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "member {} uses other settings than this member, and every member must use the same \
+             (the [training] section of the config, except mode, and the data's classes):\n  \
+             {}: {theirs}\n  {} (this member): {}",
+            self.name_of(from),
+            self.name_of(from),
+            self.name,
+            self.settings
+        )
+    }
+
     /// Starts fetching the newest model a member announced, if it is newer
     /// than ours and no fetch runs.
     fn fetch_newer(&mut self) {
@@ -1518,15 +1557,7 @@ impl Driver {
             Internal::Latest { from, result } => match result {
                 Ok(a) => self.on_announcement(from, a),
                 Err(LatestError::Settings(theirs)) => {
-                    anyhow::bail!(
-                        "member {} uses other settings than this member, and every member must use the same \
-                         (the [training] section of the config, except mode, and the data's classes):\n  \
-                         {}: {theirs}\n  {} (this member): {}",
-                        self.name_of(from),
-                        self.name_of(from),
-                        self.name,
-                        self.settings
-                    );
+                    return Err(self.settings_error(from, &theirs));
                 }
                 Err(LatestError::Other(e)) => {
                     debug!(member = %self.name_of(from), error = %e, "latest model not learned")
