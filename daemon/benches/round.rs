@@ -16,10 +16,11 @@
 //! The same consortium runs the same rounds again without masking
 //! (`NodeOptions::plain_sums`): every member sends its fixed-point x_u to
 //! the leader as a request, the leader sums and sends the sum back to each
-//! member, the same way a secure round moves its masked inputs and its
-//! outcome. The difference is the cost of secure aggregation: key
-//! agreement, Shamir shares, mask expansion, the consistency check, the
-//! reveal and the unmasking.
+//! member, the same way and in the same signed envelopes (checked on
+//! arrival) as a secure round moves its masked inputs and its outcome. The
+//! difference is the cost of secure aggregation: key agreement, Shamir
+//! shares, mask expansion, the consistency check, the reveal and the
+//! unmasking.
 //!
 //! Both consortia run side by side, a secure round and a plain round in
 //! turn, so that both see the same load on a shared machine. Round 1 warms
