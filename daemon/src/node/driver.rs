@@ -51,7 +51,7 @@ const MIN_LINGER: Duration = Duration::from_secs(5);
 /// How long a member that refused another's request for other settings
 /// stays up before it stops, so that the refusal (which tells the asker
 /// both settings lines) reaches the asker first.
-const SETTINGS_REFUSAL_GRACE: Duration = Duration::from_secs(1);
+const SETTINGS_REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
 /// Work done by other tasks, reported back to the loop.
 enum Internal {
@@ -211,8 +211,8 @@ pub(super) struct Driver {
     /// has not finished the round by itself by then (see `fetch_newer`).
     fetch_due: Option<TokioInstant>,
     /// A member asked with other settings and was refused: this member
-    /// stops too, at the instant given, once the refusal had time to reach
-    /// the asker (see [`SETTINGS_REFUSAL_GRACE`]).
+    /// starts no round and stops too, at the instant given, once the
+    /// refusal had time to reach the asker (see [`SETTINGS_REFUSAL_GRACE`]).
     settings_conflict: Option<(TokioInstant, anyhow::Error)>,
     /// (member, hash) fetches that failed; not tried again until the member
     /// announces something new.
@@ -525,6 +525,10 @@ impl Driver {
     /// members are reachable: all of them, or at least t after one more
     /// collection window of waiting for the rest.
     async fn try_start(&mut self) -> anyhow::Result<()> {
+        if self.settings_conflict.is_some() {
+            // Stopping: no round with members of other settings.
+            return Ok(());
+        }
         let Stage::Pause {
             round,
             retry,
