@@ -25,7 +25,9 @@
 //! Both consortia run side by side, a secure round and a plain round in
 //! turn, so that both see the same load on a shared machine. Round 1 warms
 //! up (connections, allocations) and is not counted; the figures are
-//! medians over the next `ROUND_BENCH_ROUNDS` rounds (default 5).
+//! medians over the next `ROUND_BENCH_ROUNDS` rounds (default 9: single
+//! rounds of one configuration vary by 10-20 % on a shared two-core
+//! machine).
 //! `ROUND_BENCH_ONLY=members:params[,members:params...]` picks
 //! configurations.
 //!
@@ -277,7 +279,7 @@ fn main() {
     let rounds: u64 = std::env::var("ROUND_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(9);
     let configs: Vec<(usize, usize)> = match std::env::var("ROUND_BENCH_ONLY") {
         Ok(v) => v
             .split(',')
