@@ -112,6 +112,12 @@ impl WireBytes {
     }
 }
 
+impl AsRef<[u8]> for WireBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl std::ops::Deref for WireBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -134,39 +134,120 @@ pub async fn write_frame<T>(
 where
     T: AsyncWrite + Unpin + Send,
 {
-    if payload.len() > max_bytes {
+    write_frame_parts(io, &[payload], max_bytes, what).await
+}
+
+/// Writes one frame whose payload is `parts` one after the other (the
+/// reader sees one payload), refusing a payload over `max_bytes`.
+pub async fn write_frame_parts<T>(
+    io: &mut T,
+    parts: &[&[u8]],
+    max_bytes: usize,
+    what: &str,
+) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let total = parts
+        .iter()
+        .map(|p| p.len())
+        .fold(0usize, usize::saturating_add);
+    if total > max_bytes {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "{what} of {} bytes exceeds the limit of {max_bytes} bytes",
-                payload.len()
-            ),
+            format!("{what} of {total} bytes exceeds the limit of {max_bytes} bytes"),
         ));
     }
-    let len = u32::try_from(payload.len()).map_err(|_| {
+    let len = u32::try_from(total).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{what} does not fit a u32 length"),
         )
     })?;
     io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(payload).await?;
+    for part in parts {
+        io.write_all(part).await?;
+    }
     io.flush().await
+}
+
+/// A bulk request: one frame on the wire, held as shared parts, so that a
+/// message for several members, or a large message and a small trailer,
+/// go out without being copied into one buffer first. An incoming request
+/// is always one part.
+#[derive(Clone, Default)]
+pub struct BulkRequest {
+    parts: Vec<Bytes>,
+}
+
+impl BulkRequest {
+    /// The parts, sent one after the other as one payload.
+    pub fn from_parts(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        Self {
+            parts: parts.into_iter().collect(),
+        }
+    }
+
+    /// Length of the whole payload.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Bytes::is_empty)
+    }
+
+    /// The payload in one buffer: without a copy when it is one part held
+    /// nowhere else, as every incoming request is.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        if self.parts.len() == 1 {
+            return Vec::from(self.parts.remove(0));
+        }
+        let mut out = Vec::with_capacity(self.len());
+        for p in &self.parts {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+}
+
+impl From<Vec<u8>> for BulkRequest {
+    fn from(v: Vec<u8>) -> Self {
+        Self::from_parts([Bytes::from(v)])
+    }
+}
+
+impl From<Bytes> for BulkRequest {
+    fn from(b: Bytes) -> Self {
+        Self::from_parts([b])
+    }
+}
+
+impl std::fmt::Debug for BulkRequest {
+    // A payload can be megabytes: its length and parts only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BulkRequest(len = {}, parts = {})",
+            self.len(),
+            self.parts.len()
+        )
+    }
 }
 
 impl Codec for BulkCodec {
     type Protocol = StreamProtocol;
-    /// Shared, so that one message for several members is not copied
-    /// once per member.
-    type Request = Bytes;
+    /// Shared parts (see [`BulkRequest`]).
+    type Request = BulkRequest;
     type Response = Vec<u8>;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Bytes>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BulkRequest>
     where
         T: AsyncRead + Unpin + Send,
     {
         let result = read_frame(io, self.max_request_bytes, "request").await;
-        self.count_bad(result).map(Bytes::from)
+        self.count_bad(result).map(BulkRequest::from)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
@@ -181,12 +262,13 @@ impl Codec for BulkCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Bytes,
+        req: BulkRequest,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req, self.max_request_bytes, "request").await
+        let parts: Vec<&[u8]> = req.parts.iter().map(|p| &p[..]).collect();
+        write_frame_parts(io, &parts, self.max_request_bytes, "request").await
     }
 
     async fn write_response<T>(
@@ -224,6 +306,30 @@ mod tests {
         assert_eq!(out.get_ref(), &frame(5, b"hello"));
         assert_eq!(read(out.into_inner(), 10).unwrap(), b"hello");
         assert_eq!(read(frame(0, b""), 10).unwrap(), b"");
+    }
+
+    #[test]
+    fn parts_are_one_frame_and_the_cap_counts_them_all() {
+        let write = |parts: &[&[u8]], max: usize| {
+            let mut out = Cursor::new(Vec::new());
+            futures::executor::block_on(write_frame_parts(&mut out, parts, max, "request"))
+                .map(|()| out.into_inner())
+        };
+        let joined = write(&[b"hello, ", b"", b"world"], 12).unwrap();
+        assert_eq!(joined, frame(12, b"hello, world"));
+        assert_eq!(read(joined, 12).unwrap(), b"hello, world");
+        let err = write(&[b"hello, ", b"world"], 11).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("12 bytes"), "{err}");
+
+        let req = BulkRequest::from_parts([Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]);
+        assert_eq!(req.len(), 4);
+        assert!(!req.is_empty());
+        assert_eq!(format!("{req:?}"), "BulkRequest(len = 4, parts = 2)");
+        assert_eq!(req.into_vec(), b"abcd");
+        let one = BulkRequest::from(b"xyz".to_vec());
+        assert_eq!(one.into_vec(), b"xyz");
+        assert!(BulkRequest::default().is_empty());
     }
 
     /// Hands out at most 7 bytes per read, returning `Pending` in between

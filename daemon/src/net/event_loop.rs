@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -23,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, build_swarm};
-use super::codec::BulkCodec;
+use super::codec::{BulkCodec, BulkRequest};
 use super::config::{peer_id_of, without_peer_id};
 use super::{Command, NetConfig, NetError, NetEvent, NetStats, ResponseHandle};
 
@@ -615,7 +614,7 @@ impl EventLoop {
         }
     }
 
-    fn on_bulk(&mut self, event: request_response::Event<Bytes, Vec<u8>>) {
+    fn on_bulk(&mut self, event: request_response::Event<BulkRequest, Vec<u8>>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -640,8 +639,8 @@ impl EventLoop {
                     );
                     self.emit(NetEvent::Request {
                         from: peer,
-                        // Without a copy: the codec made it from a Vec.
-                        payload: Vec::from(request),
+                        // Without a copy: the codec read it as one part.
+                        payload: request.into_vec(),
                         reply: ResponseHandle {
                             tx,
                             max_response_bytes: self.max_response_bytes,

@@ -30,11 +30,11 @@ mod event_loop;
 use std::fmt;
 use std::time::Duration;
 
-use bytes::Bytes;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
+pub use codec::BulkRequest;
 pub use config::{
     DEFAULT_MAX_BULK_MESSAGE_BYTES, DEFAULT_MAX_GOSSIP_MESSAGE_BYTES, NetConfig, NetLimits,
     peer_id_of,
@@ -267,7 +267,7 @@ pub(crate) enum Command {
     },
     Request {
         peer: PeerId,
-        payload: Bytes,
+        payload: BulkRequest,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
     Stats {
@@ -384,12 +384,12 @@ impl NetworkClient {
     /// dialing it first if needed. Fails on refusal, broken streams, a size
     /// cap on either side, or after the configured request timeout.
     ///
-    /// `payload` may be a `Vec<u8>` or shared [`Bytes`]: a message for
-    /// several members is then sent to each without a copy.
+    /// `payload` may be a `Vec<u8>`, or a [`BulkRequest`] of shared parts:
+    /// a message for several members is then sent to each without a copy.
     pub async fn request(
         &self,
         peer: PeerId,
-        payload: impl Into<Bytes>,
+        payload: impl Into<BulkRequest>,
     ) -> Result<Vec<u8>, NetError> {
         let payload = payload.into();
         let guard = self.request_guard;

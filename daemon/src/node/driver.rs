@@ -25,7 +25,7 @@ use super::wire::{self, Announcement, Gossip, Request, Response, RoundFrame};
 use crate::config::{Config, LoadedRoster};
 use crate::control::{ModelStatus, RoundStatus, SNAPSHOT_VERSION, StatusSnapshot, phase_name};
 use crate::identity::NodeIdentity;
-use crate::net::{NetEvent, NetworkClient, ResponseHandle};
+use crate::net::{BulkRequest, NetEvent, NetworkClient, ResponseHandle};
 use crate::store::{
     AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, PrivacySpent,
     Store, now_unix_ms,
@@ -956,10 +956,9 @@ impl Driver {
             base,
             to,
             envelope: &message.bytes,
-        }
-        .encode();
+        };
         if to.is_none() && !message.kind.is_bulk() {
-            if let Err(e) = self.net.publish(frame).await {
+            if let Err(e) = self.net.publish(frame.encode()).await {
                 debug!(kind = ?message.kind, error = %e, "control message not published");
             }
             return;
@@ -968,8 +967,11 @@ impl Driver {
             Some(t) => vec![t],
             None => self.others().collect(),
         };
-        // One buffer for every target: an outcome goes to all members.
-        let frame = bytes::Bytes::from(frame);
+        // The envelope as it is (shared with the round, and between the
+        // targets of an outcome) and the frame's trailer after it: no copy
+        // of megabytes per message.
+        let trailer = bytes::Bytes::copy_from_slice(&frame.trailer());
+        let frame = BulkRequest::from_parts([bytes::Bytes::from_owner(message.bytes), trailer]);
         for t in &targets {
             let bytes = frame.clone();
             let peer = self.roster.peer_ids[t.index()];

@@ -114,10 +114,19 @@ impl RoundFrame<'_> {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.envelope.len() + ROUND_TRAILER_BYTES);
         out.extend_from_slice(self.envelope);
-        out.extend_from_slice(&self.round.to_le_bytes());
-        out.extend_from_slice(&self.base.0);
-        out.extend_from_slice(&self.to.map_or(TO_ALL, |m| m.0).to_le_bytes());
-        out.extend_from_slice(&[TAG_ROUND, VERSION]);
+        out.extend_from_slice(&self.trailer());
+        out
+    }
+
+    /// The bytes after the envelope: the frame is `envelope ++ trailer`,
+    /// so a transport that sends parts can send the envelope as it is.
+    pub fn trailer(&self) -> [u8; ROUND_TRAILER_BYTES] {
+        let mut out = [0u8; ROUND_TRAILER_BYTES];
+        out[..8].copy_from_slice(&self.round.to_le_bytes());
+        out[8..40].copy_from_slice(&self.base.0);
+        out[40..42].copy_from_slice(&self.to.map_or(TO_ALL, |m| m.0).to_le_bytes());
+        out[42] = TAG_ROUND;
+        out[43] = VERSION;
         out
     }
 }
