@@ -606,6 +606,32 @@ fn pooled(parts: &[&Dataset]) -> anyhow::Result<Dataset> {
     )?)
 }
 
+/// Kills or restarts the hospitals in `pending` now, recording each as
+/// happening during round `during`.
+fn inject(
+    hospitals: &mut [Hospital],
+    pending: &mut Vec<(usize, bool)>,
+    during: u64,
+    report_tx: &mpsc::Sender<RoundReport>,
+    failures: &mut Vec<String>,
+    progress: &impl Fn(Progress),
+) -> anyhow::Result<()> {
+    for (h, restart) in pending.drain(..) {
+        let hospital = &mut hospitals[h];
+        let what = if restart {
+            start(hospital, report_tx.clone())?;
+            format!("{} restarted during round {during}", hospital.name)
+        } else {
+            kill(hospital);
+            format!("{} killed during round {during}", hospital.name)
+        };
+        tracing::info!("{what}");
+        progress(Progress::Failure(what.clone()));
+        failures.push(what);
+    }
+    Ok(())
+}
+
 /// Runs a simulation; `progress` hears about it as it goes.
 pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<SimReport> {
     opts.validate()?;
@@ -683,27 +709,15 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         Duration::from_millis(opts.collect_ms * 40).max(Duration::from_secs(600));
     let mut round_deadline = Instant::now() + deadline_per_round;
     while last_model.as_ref().is_none_or(|(r, _, _)| *r < opts.rounds) {
-        for (h, restart) in pending.drain(..) {
-            let hospital = &mut hospitals[h];
-            let what = if restart {
-                start(hospital, report_tx.clone())?;
-                format!(
-                    "{} restarted during round {}",
-                    hospital.name,
-                    last_model.as_ref().map_or(0, |m| m.0) + 1
-                )
-            } else {
-                kill(hospital);
-                format!(
-                    "{} killed during round {}",
-                    hospital.name,
-                    last_model.as_ref().map_or(0, |m| m.0) + 1
-                )
-            };
-            tracing::info!("{what}");
-            progress(Progress::Failure(what.clone()));
-            failures.push(what);
-        }
+        let during = last_model.as_ref().map_or(0, |m| m.0) + 1;
+        inject(
+            &mut hospitals,
+            &mut pending,
+            during,
+            &report_tx,
+            &mut failures,
+            &progress,
+        )?;
         anyhow::ensure!(
             Instant::now() < round_deadline,
             "no round finished in {} s; see the hospitals' logs",
@@ -730,8 +744,20 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         {
             continue;
         }
-        // The first member to report a round: measure its model.
+        // The first member to report a round. Failures due in the next
+        // round happen now, before its model is measured: measuring takes
+        // longer than a fast round's first phases.
         let round = report.round;
+        schedule(&mut pending, round);
+        inject(
+            &mut hospitals,
+            &mut pending,
+            round + 1,
+            &report_tx,
+            &mut failures,
+            &progress,
+        )?;
+        // Then measure its model.
         eval_model.unflatten(crate::node::train::weights_of(
             &report.params.params,
             &eval_model,
@@ -762,7 +788,6 @@ pub fn run(opts: &SimOptions, progress: impl Fn(Progress)) -> anyhow::Result<Sim
         progress(Progress::Round(row.clone()));
         rows.push(row);
         last_model = Some((round, Arc::clone(&report.params), report.model.to_hex()));
-        schedule(&mut pending, round);
     }
     let federated_s = fed_started.elapsed().as_secs_f64();
     let (_, final_params, final_hash) = last_model.context("no round finished")?;
