@@ -138,25 +138,10 @@ impl DecodedSum {
 /// [`MAX_TOTAL_EXAMPLES`] or a coordinate above `total * CLIP`. A sum that
 /// still carries a mask fails here with overwhelming probability.
 pub fn decode_sum(sum: &[Ring]) -> Result<DecodedSum> {
-    let (&total, body) = sum.split_last().ok_or(CryptoError::EmptySum)?;
-    if total > MAX_TOTAL_EXAMPLES {
-        return Err(CryptoError::TotalOutOfRange {
-            total,
-            max: MAX_TOTAL_EXAMPLES,
-        });
-    }
-    // At most 2^62, so no overflow.
-    let limit = total * CLIP_FIXED;
-    let mut weighted_sum = Vec::with_capacity(body.len());
-    for (index, &w) in body.iter().enumerate() {
-        let v = w as i64;
-        if v.unsigned_abs() > limit {
-            return Err(CryptoError::SumOutOfRange { index });
-        }
-        weighted_sum.push(v as f64 / SCALE);
-    }
+    let mut weighted_sum = Vec::with_capacity(sum.len().saturating_sub(1));
+    let total_examples = for_each_weighted(sum, |w| weighted_sum.push(w))?;
     Ok(DecodedSum {
-        total_examples: total,
+        total_examples,
         weighted_sum,
     })
 }
@@ -170,6 +155,22 @@ pub fn decode_sum(sum: &[Ring]) -> Result<DecodedSum> {
 /// same way as [`decode_sum`]) `each` has seen the coordinates before the
 /// bad one: discard what it built.
 pub fn for_each_mean(sum: &[Ring], mut each: impl FnMut(f32)) -> Result<u64> {
+    let total = sum.last().copied().unwrap_or(0);
+    let divisor = total as f64;
+    // The arithmetic of `decode_sum` then `mean`, step by step.
+    for_each_weighted(sum, |w| {
+        each(if total == 0 {
+            0.0
+        } else {
+            (w / divisor) as f32
+        })
+    })
+}
+
+/// The checks of [`decode_sum`], handing each weighted coordinate
+/// (`sum_u n_u * clip(delta_u[i])`) to `each` as it passes; returns the
+/// total example count.
+fn for_each_weighted(sum: &[Ring], mut each: impl FnMut(f64)) -> Result<u64> {
     let (&total, body) = sum.split_last().ok_or(CryptoError::EmptySum)?;
     if total > MAX_TOTAL_EXAMPLES {
         return Err(CryptoError::TotalOutOfRange {
@@ -177,19 +178,14 @@ pub fn for_each_mean(sum: &[Ring], mut each: impl FnMut(f32)) -> Result<u64> {
             max: MAX_TOTAL_EXAMPLES,
         });
     }
+    // At most 2^62, so no overflow.
     let limit = total * CLIP_FIXED;
-    let divisor = total as f64;
     for (index, &w) in body.iter().enumerate() {
         let v = w as i64;
         if v.unsigned_abs() > limit {
             return Err(CryptoError::SumOutOfRange { index });
         }
-        // The arithmetic of `decode_sum` then `mean`, step by step.
-        each(if total == 0 {
-            0.0
-        } else {
-            (v as f64 / SCALE / divisor) as f32
-        });
+        each(v as f64 / SCALE);
     }
     Ok(total)
 }
