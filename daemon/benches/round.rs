@@ -40,7 +40,11 @@
 //! signatures), `unmask` (reveals, reconstruction and unmasking, until the
 //! leader holds the sum) and `outcome` (until every member holds it). A
 //! plain round has only `masked` (until the leader holds the sum) and
-//! `outcome`.
+//! `outcome`. After the total, and not part of it: `commit`, the median
+//! member's time from holding the sum to having the new model stored
+//! durably (blob written and fsynced, pointer and journal committed). A
+//! member that finishes early commits while others still receive the
+//! outcome, so on shared cores its commit shows in their `outcome`.
 //!
 //! All nodes share this machine's cores, so a member's masking and the
 //! leader's work queue behind each other as they would not on separate
@@ -57,8 +61,10 @@ use primiad::identity::NodeIdentity;
 use primiad::node::{NodeOptions, RoundReport, run_with};
 use tokio::sync::{mpsc, watch};
 
-/// Phases of a secure round, as columns.
-const SECURE_PHASES: [&str; 6] = ["keys", "shares", "masked", "check", "unmask", "outcome"];
+/// Phases of a secure round, then the commit after it, as columns.
+const COLUMNS: [&str; 7] = [
+    "keys", "shares", "masked", "check", "unmask", "outcome", "commit",
+];
 
 struct Measured {
     total_ms: f64,
@@ -150,6 +156,15 @@ fn phases(plain: bool, gate: Instant, reports: &[RoundReport]) -> Measured {
         }
     }
     out.insert("outcome", ms(end.saturating_duration_since(lead.finished)));
+    out.insert(
+        "commit",
+        median(
+            reports
+                .iter()
+                .map(|r| ms(r.committed.saturating_duration_since(r.finished)))
+                .collect(),
+        ),
+    );
     Measured {
         total_ms: ms(end - gate),
         phases: out,
@@ -302,7 +317,7 @@ fn main() {
             "  {:<7} {:>9} {}",
             "mode",
             "total_ms",
-            SECURE_PHASES
+            COLUMNS
                 .iter()
                 .map(|p| format!("{p:>9}"))
                 .collect::<String>()
@@ -311,7 +326,7 @@ fn main() {
         for (mode, m) in [("secure", &secure), ("plain", &plain)] {
             let total = median(m.iter().map(|x| x.total_ms).collect());
             totals.push(total);
-            let cols: String = SECURE_PHASES
+            let cols: String = COLUMNS
                 .iter()
                 .map(|p| {
                     let v: Vec<f64> = m.iter().filter_map(|x| x.phases.get(p).copied()).collect();

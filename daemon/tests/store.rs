@@ -253,6 +253,158 @@ fn raw(dir: &std::path::Path) -> sled::Db {
     sled::open(dir.join(primiad::store::DB_DIR)).unwrap()
 }
 
+/// The file that holds the blob of `hash`.
+fn blob_file(dir: &std::path::Path, hash: ModelHash) -> std::path::PathBuf {
+    dir.join(primiad::store::MODELS_DIR)
+        .join(format!("{}.blob", hash.to_hex()))
+}
+
+/// Files in the model directory, sorted.
+fn model_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(primiad::store::MODELS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn blobs_are_private_files_and_leftovers_of_a_crash_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b);
+    {
+        let s = Store::open(dir.path()).unwrap();
+        a = s.commit_model(b"model a", meta(1)).unwrap();
+        // Storing the same model again keeps one file.
+        assert_eq!(s.put_model(b"model a", meta(1)).unwrap(), a);
+        b = s.put_model(b"model b", meta(2)).unwrap();
+    }
+    let mut want = vec![
+        format!("{}.blob", a.to_hex()),
+        format!("{}.blob", b.to_hex()),
+    ];
+    want.sort();
+    assert_eq!(model_files(dir.path()), want);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&blob_file(dir.path(), a)), 0o600);
+        assert_eq!(mode(&dir.path().join(primiad::store::MODELS_DIR)), 0o700);
+    }
+    // What a crash inside `put_model` leaves: a half-written temporary file
+    // and a complete blob whose metadata was never committed. A file of
+    // another name is not the store's to delete.
+    let orphan = ModelHash::of(b"never committed");
+    std::fs::write(blob_file(dir.path(), orphan), b"never committed").unwrap();
+    let tmp = dir
+        .path()
+        .join(primiad::store::MODELS_DIR)
+        .join(format!("{}.0.tmp", orphan.to_hex()));
+    std::fs::write(&tmp, b"never comm").unwrap();
+    let foreign = dir.path().join(primiad::store::MODELS_DIR).join("README");
+    std::fs::write(&foreign, b"notes").unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    want.push("README".into());
+    want.sort();
+    assert_eq!(model_files(dir.path()), want);
+    assert_eq!(s.model_blob(a).unwrap().unwrap(), b"model a");
+    assert_eq!(s.model_blob(b).unwrap().unwrap(), b"model b");
+    assert_eq!(s.model_blob(orphan).unwrap(), None);
+    // A blob file that lost its content is written again when the model is
+    // stored again.
+    std::fs::write(blob_file(dir.path(), b), b"").unwrap();
+    assert!(s.model_blob(b).is_err());
+    s.put_model(b"model b", meta(2)).unwrap();
+    assert_eq!(s.model_blob(b).unwrap().unwrap(), b"model b");
+    // A grown file is corrupt too.
+    std::fs::write(blob_file(dir.path(), a), b"model a and more").unwrap();
+    let err = s.model_blob(a).unwrap_err().to_string();
+    assert!(err.contains("longer than the 7 bytes"), "{err}");
+}
+
+/// Writes a store of schema version 1 by hand: blobs were sled values.
+fn write_v1(dir: &std::path::Path, blobs: &[&[u8]]) -> Vec<ModelHash> {
+    let db = raw(dir);
+    let meta_tree = db.open_tree("meta").unwrap();
+    meta_tree
+        .insert("schema_version", &1u32.to_be_bytes())
+        .unwrap();
+    let mut hashes = Vec::new();
+    for (i, blob) in blobs.iter().enumerate() {
+        let hash = ModelHash::of(blob);
+        let mut m = meta(i as u64 + 1);
+        m.size_bytes = blob.len() as u64;
+        db.open_tree("models")
+            .unwrap()
+            .insert(hash.0, *blob)
+            .unwrap();
+        db.open_tree("model_meta")
+            .unwrap()
+            .insert(hash.0, serde_json::to_vec(&m).unwrap())
+            .unwrap();
+        meta_tree.insert("current_model", &hash.0).unwrap();
+        hashes.push(hash);
+    }
+    db.flush().unwrap();
+    hashes
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_without_losing_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: [&[u8]; 3] = [b"first model", b"second model", b"third model"];
+    let hashes = write_v1(dir.path(), &blobs);
+    // An upgrade cut short after one blob file was written: the file is
+    // written again (here it is damaged) and nothing is lost.
+    std::fs::create_dir_all(dir.path().join(primiad::store::MODELS_DIR)).unwrap();
+    std::fs::write(blob_file(dir.path(), hashes[0]), b"first").unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        for (hash, blob) in hashes.iter().zip(blobs) {
+            assert_eq!(s.model_blob(*hash).unwrap().unwrap(), blob);
+        }
+        assert_eq!(s.current_model().unwrap(), Some(hashes[2]));
+        assert_eq!(s.models().unwrap().len(), 3);
+    }
+    {
+        let db = raw(dir.path());
+        assert!(db.open_tree("models").unwrap().is_empty());
+        assert_eq!(
+            db.open_tree("meta")
+                .unwrap()
+                .get("schema_version")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            SCHEMA_VERSION.to_be_bytes()
+        );
+    }
+    // Reopening the upgraded store changes nothing.
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.model_blob(hashes[1]).unwrap().unwrap(), blobs[1]);
+}
+
+#[test]
+fn a_version_1_store_with_a_corrupt_blob_is_not_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let hashes = write_v1(dir.path(), &[b"only model"]);
+    raw(dir.path())
+        .open_tree("models")
+        .unwrap()
+        .insert(hashes[0].0, &b"evil model"[..])
+        .unwrap();
+    let err = Store::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("`models`") && err.contains("does not match its hash"),
+        "{err}"
+    );
+    // Still version 1, with its blob where it was.
+    let db = raw(dir.path());
+    assert_eq!(db.open_tree("models").unwrap().len(), 1);
+}
+
 #[test]
 fn newer_or_unknown_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -329,15 +481,12 @@ fn corrupt_records_are_errors() {
             .unwrap();
         (good, other)
     };
+    // The blob of `good` is swapped for other bytes of the same length;
+    // `other` loses its blob.
+    std::fs::write(blob_file(dir.path(), good), b"evil model").unwrap();
+    std::fs::remove_file(blob_file(dir.path(), other)).unwrap();
     {
         let db = raw(dir.path());
-        // The blob of `good` is swapped for other bytes of the same length.
-        db.open_tree("models")
-            .unwrap()
-            .insert(good.0, &b"evil model"[..])
-            .unwrap();
-        // `other` loses its blob.
-        db.open_tree("models").unwrap().remove(other.0).unwrap();
         // A journal record that is not JSON, one under the wrong key, and a
         // reveal value that is not a share kind.
         let journal = db.open_tree("journal").unwrap();
@@ -367,7 +516,7 @@ fn corrupt_records_are_errors() {
     let s = Store::open(dir.path()).unwrap();
     let err = s.model_blob(good).unwrap_err().to_string();
     assert!(
-        err.contains("does not match its hash") && err.contains("`models`"),
+        err.contains("does not match its hash") && err.contains(&good.to_hex()),
         "{err}"
     );
     let err = s.model_blob(other).unwrap_err().to_string();
