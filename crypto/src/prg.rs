@@ -111,6 +111,53 @@ pub fn apply_masks(add: &[&Secret32], sub: &[&Secret32], out: &mut [Ring]) {
     Masker::new(add, sub).apply(out);
 }
 
+/// Vectors shorter than this are masked on the calling thread alone by
+/// [`apply_masks_parallel`]: a scoped thread costs tens of microseconds to
+/// start, about what masking 2^16 elements with one seed costs.
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+
+/// [`apply_masks`] on up to `threads` threads: `out` is cut into that many
+/// contiguous ranges, each masked by its own [`Masker`] positioned at the
+/// range's first element (the calling thread takes the first range; the
+/// others run on scoped threads). The result is exactly that of
+/// [`apply_masks`]: every element still receives every mask once, and
+/// wrapping addition does not depend on the order.
+///
+/// For the leader's unmasking, which expands one stream per survivor over
+/// the whole model while the members wait: on two cores this halves it.
+/// `threads` of 0 or 1, or a vector shorter than
+/// [`PARALLEL_MIN_ELEMENTS`], runs [`apply_masks`] on the calling thread.
+pub fn apply_masks_parallel(
+    add: &[&Secret32],
+    sub: &[&Secret32],
+    out: &mut [Ring],
+    threads: usize,
+) {
+    if threads <= 1 || out.len() < PARALLEL_MIN_ELEMENTS {
+        apply_masks(add, sub, out);
+        return;
+    }
+    // Ranges of whole XOF chunks, so each thread fills full buffers.
+    let per = out.len().div_ceil(threads).next_multiple_of(CHUNK_WORDS);
+    std::thread::scope(|scope| {
+        let mut ranges = out.chunks_mut(per).enumerate();
+        let first = ranges.next();
+        for (i, range) in ranges {
+            scope.spawn(move || Masker::at(add, sub, i * per).apply(range));
+        }
+        if let Some((_, range)) = first {
+            Masker::new(add, sub).apply(range);
+        }
+    });
+}
+
+/// How many threads [`apply_masks_parallel`] should use on this machine:
+/// its available parallelism, at most 8 (beyond that the streams are
+/// limited by memory bandwidth, not cores), at least 1.
+pub fn mask_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
 /// [`apply_masks`] as a stream: the masks of many seeds applied to
 /// consecutive pieces of one vector, each [`Masker::apply`] continuing where
 /// the last stopped.
@@ -130,10 +177,21 @@ impl Masker {
     /// Streams for `add` (added) and `sub` (subtracted), positioned at
     /// element 0.
     pub fn new(add: &[&Secret32], sub: &[&Secret32]) -> Self {
+        Self::at(add, sub, 0)
+    }
+
+    /// Streams for `add` and `sub` positioned at element `start`: what
+    /// [`Masker::new`] would reach after `start` elements.
+    pub fn at(add: &[&Secret32], sub: &[&Secret32], start: usize) -> Self {
+        let positioned = |s: &Secret32| {
+            let mut r = reader(s);
+            r.set_position(start as u64 * 8);
+            r
+        };
         let readers = add
             .iter()
-            .map(|s| (reader(s), true))
-            .chain(sub.iter().map(|s| (reader(s), false)))
+            .map(|s| (positioned(s), true))
+            .chain(sub.iter().map(|s| (positioned(s), false)))
             .collect();
         Self { readers }
     }
@@ -224,6 +282,37 @@ mod tests {
             .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
             .collect();
         assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn parallel_masks_equal_serial_masks() {
+        let seeds: Vec<Secret32> = (0..5).map(seed).collect();
+        let refs: Vec<&Secret32> = seeds.iter().collect();
+        for len in [
+            0,
+            1,
+            CHUNK_WORDS + 3,
+            PARALLEL_MIN_ELEMENTS - 1,
+            PARALLEL_MIN_ELEMENTS,
+            PARALLEL_MIN_ELEMENTS * 3 + CHUNK_WORDS / 2 + 7,
+        ] {
+            let orig: Vec<u64> = (0..len as u64)
+                .map(|i| i.wrapping_mul(0x2545_f491))
+                .collect();
+            let mut serial = orig.clone();
+            apply_masks(&refs[..2], &refs[2..], &mut serial);
+            for threads in [0, 1, 2, 3, 7] {
+                let mut parallel = orig.clone();
+                apply_masks_parallel(&refs[..2], &refs[2..], &mut parallel, threads);
+                assert!(parallel == serial, "len {len}, {threads} threads");
+            }
+        }
+        // A stream positioned mid-way continues the one from the start.
+        let mut whole = vec![0u64; 3 * CHUNK_WORDS];
+        Masker::new(&refs[..1], &[]).apply(&mut whole);
+        let mut tail = vec![0u64; CHUNK_WORDS + 5];
+        Masker::at(&refs[..1], &[], 2 * CHUNK_WORDS - 5).apply(&mut tail);
+        assert_eq!(tail, whole[2 * CHUNK_WORDS - 5..]);
     }
 
     #[test]

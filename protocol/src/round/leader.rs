@@ -495,7 +495,8 @@ impl<R: CryptoRng> Round<R> {
             }
             let add: Vec<&Secret32> = add.iter().collect();
             let sub: Vec<&Secret32> = sub.iter().collect();
-            prg::apply_masks(&add, &sub, &mut agg.sum);
+            // The members wait for this: use the cores.
+            prg::apply_masks_parallel(&add, &sub, &mut agg.sum, prg::mask_threads());
             Ok(())
         })();
         if let Err(reason) = result {
