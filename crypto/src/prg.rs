@@ -111,10 +111,11 @@ pub fn apply_masks(add: &[&Secret32], sub: &[&Secret32], out: &mut [Ring]) {
     Masker::new(add, sub).apply(out);
 }
 
-/// Vectors shorter than this are masked on the calling thread alone by
-/// [`apply_masks_parallel`]: a scoped thread costs tens of microseconds to
-/// start, about what masking 2^16 elements with one seed costs.
-pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+/// Work below this many elements times seeds is done on the calling thread
+/// alone by [`apply_masks_parallel`]: 8 MB of stream, about a millisecond.
+/// A scoped thread costs tens of microseconds to start, and on a busy
+/// machine it may wait longer than that for a core.
+pub const PARALLEL_MIN_WORK: usize = 1 << 20;
 
 /// [`apply_masks`] on up to `threads` threads: `out` is cut into that many
 /// contiguous ranges, each masked by its own [`Masker`] positioned at the
@@ -125,15 +126,16 @@ pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 ///
 /// For the leader's unmasking, which expands one stream per survivor over
 /// the whole model while the members wait: on two cores this halves it.
-/// `threads` of 0 or 1, or a vector shorter than
-/// [`PARALLEL_MIN_ELEMENTS`], runs [`apply_masks`] on the calling thread.
+/// `threads` of 0 or 1, or less work than [`PARALLEL_MIN_WORK`], runs
+/// [`apply_masks`] on the calling thread.
 pub fn apply_masks_parallel(
     add: &[&Secret32],
     sub: &[&Secret32],
     out: &mut [Ring],
     threads: usize,
 ) {
-    if threads <= 1 || out.len() < PARALLEL_MIN_ELEMENTS {
+    let work = out.len().saturating_mul(add.len() + sub.len());
+    if threads <= 1 || work < PARALLEL_MIN_WORK {
         apply_masks(add, sub, out);
         return;
     }
@@ -288,13 +290,15 @@ mod tests {
     fn parallel_masks_equal_serial_masks() {
         let seeds: Vec<Secret32> = (0..5).map(seed).collect();
         let refs: Vec<&Secret32> = seeds.iter().collect();
+        // Five seeds: the threshold in elements.
+        let min = PARALLEL_MIN_WORK / 5;
         for len in [
             0,
             1,
             CHUNK_WORDS + 3,
-            PARALLEL_MIN_ELEMENTS - 1,
-            PARALLEL_MIN_ELEMENTS,
-            PARALLEL_MIN_ELEMENTS * 3 + CHUNK_WORDS / 2 + 7,
+            min - 1,
+            min + 1,
+            min * 3 + CHUNK_WORDS / 2 + 7,
         ] {
             let orig: Vec<u64> = (0..len as u64)
                 .map(|i| i.wrapping_mul(0x2545_f491))
