@@ -125,7 +125,9 @@ pub const PARALLEL_MIN_WORK: usize = 1 << 20;
 /// wrapping addition does not depend on the order.
 ///
 /// For the leader's unmasking, which expands one stream per survivor over
-/// the whole model while the members wait: on two cores this halves it.
+/// the whole model while the members wait (round bench, 10 members and
+/// 10^6 parameters on two cores: the unmask phase went from 18-20 ms to
+/// 15-17 ms).
 /// `threads` of 0 or 1, or less work than [`PARALLEL_MIN_WORK`], runs
 /// [`apply_masks`] on the calling thread.
 pub fn apply_masks_parallel(
@@ -154,8 +156,9 @@ pub fn apply_masks_parallel(
 }
 
 /// How many threads [`apply_masks_parallel`] should use on this machine:
-/// its available parallelism, at most 8 (beyond that the streams are
-/// limited by memory bandwidth, not cores), at least 1.
+/// its available parallelism, at least 1 and at most 8. The cap is a
+/// guess, not a measurement (this project's machines have two cores):
+/// beyond a few threads memory bandwidth, not cores, is likely the limit.
 pub fn mask_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
