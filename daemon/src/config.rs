@@ -110,7 +110,9 @@ pub struct Config {
     /// JPEG files per class, or a MedMNIST-layout `.npz` file. Needed when
     /// `training.mode` is `train`.
     pub data_dir: Option<PathBuf>,
-    /// Where the daemon keeps its database and its control socket.
+    /// Where the daemon keeps its state: the database `db/`, the models'
+    /// files `models/` (one without the other is of no use: back them up
+    /// together) and its control socket.
     pub storage_dir: PathBuf,
     /// Addresses and discovery.
     pub network: NetworkConfig,
@@ -352,7 +354,8 @@ key = "identity.key"
 # The hospital's images (needed in training mode "train"): a folder with one
 # subfolder of DICOM, PNG or JPEG files per class, or a MedMNIST .npz file.
 data_dir = "images"
-# The daemon's database and its control socket `control.sock`.
+# The daemon's state: its database db/, the models' files models/ (back
+# them up together) and its control socket control.sock.
 storage_dir = "state"
 
 [network]
