@@ -524,11 +524,7 @@ impl Store {
     fn upgrade_v1(&self) -> Result<()> {
         for item in self.models.iter() {
             let (k, blob) = item.map_err(db_err("cannot read a model to upgrade the store"))?;
-            let hash = ModelHash(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                tree: "models",
-                key: hex::encode(&k),
-                reason: "key is not a 32-byte hash".into(),
-            })?);
+            let hash = hash_key("models", &k)?;
             if ModelHash::of(&blob) != hash {
                 return Err(StoreError::Corrupt {
                     tree: "models",
@@ -837,11 +833,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.model_meta.iter() {
             let (k, v) = item.map_err(db_err("cannot list models"))?;
-            let hash = ModelHash(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                tree: "model_meta",
-                key: hex::encode(&k),
-                reason: "key is not a 32-byte hash".into(),
-            })?);
+            let hash = hash_key("model_meta", &k)?;
             out.push((
                 hash,
                 decode_record::<ModelMeta>("model_meta", &hash.to_hex(), &v)?,
@@ -1107,6 +1099,17 @@ impl Store {
             Some(v) => decode_record("meta", "privacy_spent", &v),
         }
     }
+}
+
+/// A key of `tree` that must be a model hash.
+fn hash_key(tree: &'static str, k: &[u8]) -> Result<ModelHash> {
+    Ok(ModelHash(k.try_into().map_err(|_| {
+        StoreError::Corrupt {
+            tree,
+            key: hex::encode(k),
+            reason: "key is not a 32-byte hash".into(),
+        }
+    })?))
 }
 
 fn journal_key(round: u64, attempt: u32) -> [u8; 12] {
