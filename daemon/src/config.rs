@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read as _;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use libp2p::{Multiaddr, PeerId};
@@ -114,6 +115,10 @@ pub struct Config {
     /// files `models/` (one without the other is of no use: back them up
     /// together) and its control socket.
     pub storage_dir: PathBuf,
+    /// How many models the store keeps, newest first and always the
+    /// current one (`keep_models`, default [`DEFAULT_KEEP_MODELS`]; 0 in the
+    /// file keeps every model, `None` here).
+    pub keep_models: Option<NonZeroUsize>,
     /// Addresses and discovery.
     pub network: NetworkConfig,
     /// Round timing.
@@ -306,6 +311,8 @@ struct RawConfig {
     #[serde(default)]
     data_dir: Option<PathBuf>,
     storage_dir: PathBuf,
+    #[serde(default = "default_keep_models")]
+    keep_models: u32,
     #[serde(default)]
     network: RawNetwork,
     #[serde(default)]
@@ -337,6 +344,14 @@ impl Default for RawNetwork {
     }
 }
 
+/// Models kept by default: a few rounds to look back on, at a bounded cost
+/// in disk (20 ResNet-18 models are 0.9 GB).
+pub const DEFAULT_KEEP_MODELS: u32 = 20;
+
+fn default_keep_models() -> u32 {
+    DEFAULT_KEEP_MODELS
+}
+
 fn default_listen() -> Vec<String> {
     NetworkConfig::default()
         .listen
@@ -357,6 +372,9 @@ data_dir = "images"
 # The daemon's state: its database db/, the models' files models/ (back
 # them up together) and its control socket control.sock.
 storage_dir = "state"
+# Models kept in storage_dir, newest first (always the current one); 0 keeps
+# every round's model. The journal keeps every round's model hash regardless.
+keep_models = 20
 
 [network]
 # Addresses to listen on (multiaddr).
@@ -622,6 +640,7 @@ impl Config {
             key: resolve("key", raw.key)?,
             data_dir,
             storage_dir: resolve("storage_dir", raw.storage_dir)?,
+            keep_models: NonZeroUsize::new(raw.keep_models as usize),
             network: NetworkConfig {
                 listen,
                 bootstrap,

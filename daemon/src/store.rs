@@ -26,6 +26,14 @@
 //! blob three times on its way to disk. [`Store::open`] moves a version-1
 //! store's blobs into files.
 //!
+//! # Retention
+//!
+//! Every round adds a model (4 MB at 10^6 parameters, 45 MB for
+//! ResNet-18), so the daemon keeps only the newest few
+//! ([`Store::prune_models`], after each commit; the config's `keep_models`).
+//! Members only ever fetch the latest model, and the journal keeps the hash
+//! of every round's model after its bytes are gone.
+//!
 //! # The reveal rule
 //!
 //! [`Store::record_reveal`] is the only way to obtain a [`RevealReceipt`],
@@ -791,6 +799,10 @@ impl Store {
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Pruned since its metadata was read: gone, not corrupt.
+                if self.model_meta(hash)?.is_none() {
+                    return Ok(None);
+                }
                 return Err(corrupt("metadata is stored but the blob is missing".into()));
             }
             Err(source) => {
@@ -826,6 +838,68 @@ impl Store {
             return Err(corrupt("content does not match its hash".into()));
         }
         Ok(Some(blob))
+    }
+
+    /// Deletes every model but the newest `keep` (by round, then time of
+    /// making), never the current one, and returns how many it deleted.
+    ///
+    /// The metadata goes first, in one transaction, flushed; the blob files
+    /// after. A crash in between leaves files nothing refers to, which the
+    /// next [`Store::open`] deletes, so a pruned model is never half there:
+    /// [`Store::model_blob`] answers `None` for it from the moment its
+    /// metadata is gone, even to a reader that had started before.
+    pub fn prune_models(&self, keep: std::num::NonZeroUsize) -> Result<usize> {
+        let current = self.current_model()?;
+        let mut others: Vec<ModelHash> = self
+            .models()?
+            .into_iter()
+            .map(|(hash, _)| hash)
+            .filter(|hash| Some(*hash) != current)
+            .collect();
+        // Newest first; the current model takes one of the `keep` places.
+        others.reverse();
+        let spare = keep.get() - usize::from(current.is_some());
+        let doomed = others.get(spare..).unwrap_or_default();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        (&self.model_meta, &self.meta)
+            .transaction(|(model_meta, m)| {
+                let current = m.get(KEY_CURRENT)?;
+                for hash in doomed {
+                    // The pointer may have moved since the list was made.
+                    if current.as_deref() != Some(&hash.0[..]) {
+                        model_meta.remove(&hash.0)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx_err("cannot prune old models"))?;
+        self.flush()?;
+        let mut deleted = 0;
+        for hash in doomed {
+            if self
+                .model_meta
+                .contains_key(hash.0)
+                .map_err(db_err("cannot read model metadata"))?
+            {
+                continue;
+            }
+            let path = self.blob_path(*hash);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path,
+                        action: "cannot remove a pruned model's file",
+                        source,
+                    });
+                }
+            }
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 
     /// Every stored model's hash and metadata, oldest round first.

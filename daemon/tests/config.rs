@@ -47,6 +47,7 @@ fn minimal_config_gets_defaults_and_resolved_paths() {
     assert!(!c.network.mdns);
     assert_eq!(c.round, Default::default());
     assert_eq!(c.training, Default::default());
+    assert_eq!(c.keep_models.map(|k| k.get()), Some(20));
     assert_eq!(
         c.control_socket(),
         PathBuf::from("/etc/primia/state/control.sock")
@@ -66,6 +67,7 @@ fn example_parses_to_the_defaults() {
     assert_eq!(c.network, m.network);
     assert_eq!(c.round, m.round);
     assert_eq!(c.training, m.training);
+    assert_eq!(c.keep_models, m.keep_models);
     assert_eq!(c.data_dir, Some(PathBuf::from("/etc/primia/images")));
 }
 
@@ -75,6 +77,7 @@ fn full_config_is_read() {
 roster = "r.toml"
 key = "k"
 storage_dir = "/var/lib/primia"
+keep_models = 0
 [network]
 listen = ["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/9000"]
 bootstrap = ["/ip4/10.0.0.2/tcp/7470/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"]
@@ -98,6 +101,7 @@ seed = 42
     let c = parse(text).unwrap();
     assert_eq!(c.storage_dir, PathBuf::from("/var/lib/primia"));
     assert_eq!(c.data_dir, None);
+    assert_eq!(c.keep_models, None, "0 keeps every model");
     assert_eq!(c.network.listen.len(), 2);
     assert_eq!(c.network.bootstrap.len(), 1);
     assert!(c.network.mdns);
@@ -214,6 +218,10 @@ fn toml_mistakes_name_the_line() {
         &["line 7"],
     );
     check_err("roster = \n", &["line 1"]);
+    check_err(
+        &format!("{MINIMAL}keep_models = -1\n"),
+        &["line 6", "integer `-1`"],
+    );
 }
 
 #[test]

@@ -93,6 +93,11 @@ fn consortium_agrees(settings: Settings, until_round: u64) {
         .iter()
         .map(|m| read_store(&m.storage, settings.parameters))
         .collect();
+    // Each made at least `keep_models` models (the initial one and one a
+    // round) and kept only as many.
+    for (m, s) in c.members.iter().zip(&stored) {
+        assert_eq!(s.models_kept, settings.keep_models, "{} kept", m.name);
+    }
     let first = stored.iter().map(|s| s.model.round).min().unwrap();
     let last = stored.iter().map(|s| s.model.round).max().unwrap();
     if self_stopping {

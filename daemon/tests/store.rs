@@ -324,6 +324,60 @@ fn blobs_are_private_files_and_leftovers_of_a_crash_are_removed() {
     assert!(err.contains("longer than the 7 bytes"), "{err}");
 }
 
+#[test]
+fn pruning_keeps_the_newest_models_and_always_the_current_one() {
+    use std::num::NonZeroUsize;
+    let dir = tempfile::tempdir().unwrap();
+    let keep = |n| NonZeroUsize::new(n).unwrap();
+    let blob = |round: u64| format!("model of round {round}").into_bytes();
+    let s = Store::open(dir.path()).unwrap();
+    let mut hashes = Vec::new();
+    for round in 0..12 {
+        hashes.push(s.commit_model(&blob(round), meta(round)).unwrap());
+        let deleted = s.prune_models(keep(4)).unwrap();
+        assert_eq!(deleted, usize::from(round >= 4), "round {round}");
+    }
+    let rounds =
+        |s: &Store| -> Vec<u64> { s.models().unwrap().iter().map(|(_, m)| m.round).collect() };
+    assert_eq!(rounds(&s), vec![8, 9, 10, 11]);
+    let mut want: Vec<String> = hashes[8..]
+        .iter()
+        .map(|h| format!("{}.blob", h.to_hex()))
+        .collect();
+    want.sort();
+    assert_eq!(model_files(dir.path()), want);
+    // A pruned model is gone, not corrupt; the kept ones are whole.
+    assert_eq!(s.model_blob(hashes[3]).unwrap(), None);
+    assert_eq!(s.model_meta(hashes[3]).unwrap(), None);
+    assert_eq!(s.model_blob(hashes[9]).unwrap().unwrap(), blob(9));
+    // Nothing more to prune.
+    assert_eq!(s.prune_models(keep(4)).unwrap(), 0);
+
+    // The current model stays even when it is the oldest.
+    s.set_current_model(hashes[8]).unwrap();
+    assert_eq!(s.prune_models(keep(2)).unwrap(), 2);
+    assert_eq!(rounds(&s), vec![8, 11]);
+    assert_eq!(s.prune_models(keep(1)).unwrap(), 1);
+    assert_eq!(rounds(&s), vec![8]);
+    assert_eq!(s.current_model().unwrap(), Some(hashes[8]));
+    assert_eq!(
+        model_files(dir.path()),
+        vec![format!("{}.blob", hashes[8].to_hex())]
+    );
+
+    // A crash between the metadata and the files leaves files nothing
+    // refers to; the next open deletes them.
+    let stale = ModelHash::of(b"pruned, file left behind");
+    std::fs::write(blob_file(dir.path(), stale), b"pruned, file left behind").unwrap();
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        model_files(dir.path()),
+        vec![format!("{}.blob", hashes[8].to_hex())]
+    );
+    assert_eq!(s.model_blob(hashes[8]).unwrap().unwrap(), blob(8));
+}
+
 /// Writes a store of schema version 1 by hand: blobs were sled values.
 fn write_v1(dir: &std::path::Path, blobs: &[&[u8]]) -> Vec<ModelHash> {
     let db = raw(dir);

@@ -38,9 +38,10 @@ fn parse(lines: &[String], into: &mut Committed) {
 
 /// Runs the child until `kill_after` past its first commit, SIGKILLs it,
 /// and returns the whole lines it printed.
-fn run_and_kill(dir: &std::path::Path, kill_after: Duration) -> Vec<String> {
+fn run_and_kill(dir: &std::path::Path, kill_after: Duration, keep: usize) -> Vec<String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_primiad"))
         .args(["__store-torture", "--storage-dir", dir.to_str().unwrap()])
+        .args(["--keep-models", &keep.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -84,15 +85,22 @@ fn run_and_kill(dir: &std::path::Path, kill_after: Duration) -> Vec<String> {
     lines
 }
 
-/// Everything the child printed is in the store, and the store is whole.
-fn check(dir: &std::path::Path, committed: &Committed) {
+/// Everything the child printed is in the store (but models older than the
+/// newest `keep`, when it prunes), and the store is whole.
+fn check(dir: &std::path::Path, committed: &Committed, keep: usize) {
     let s = Store::open(dir).expect("store reopens after SIGKILL");
+    let last_printed = committed.models.last().map(|(r, _)| *r).unwrap();
+    // With pruning, the newest `keep` printed models must be there; older
+    // ones may be gone (but never half there).
+    let may_be_pruned = |round: u64| keep > 0 && round + (keep as u64) <= last_printed;
     for (round, hash) in &committed.models {
         let h: ModelHash = hash.parse().unwrap();
-        let blob = s
-            .model_blob(h)
-            .unwrap()
-            .unwrap_or_else(|| panic!("model of round {round} lost"));
+        let blob = s.model_blob(h).unwrap();
+        if blob.is_none() && may_be_pruned(*round) {
+            assert_eq!(s.model_meta(h).unwrap(), None);
+            continue;
+        }
+        let blob = blob.unwrap_or_else(|| panic!("model of round {round} lost"));
         assert_eq!(
             blob,
             store_torture::blob(*round),
@@ -105,7 +113,6 @@ fn check(dir: &std::path::Path, committed: &Committed) {
     let (current, meta) = s.current_model_meta().unwrap().expect("a current model");
     let blob = s.model_blob(current).unwrap().unwrap();
     assert_eq!(ModelHash::of(&blob), current);
-    let last_printed = committed.models.last().map(|(r, _)| *r).unwrap();
     assert!(
         meta.round == last_printed || meta.round == last_printed + 1,
         "pointer at round {}, last printed {last_printed}",
@@ -119,7 +126,7 @@ fn check(dir: &std::path::Path, committed: &Committed) {
         let model = e.model.unwrap();
         assert_eq!(e, store_torture::journal_entry(*round, model));
         assert!(
-            s.model_meta(model).unwrap().is_some(),
+            may_be_pruned(*round) || s.model_meta(model).unwrap().is_some(),
             "journal {round} names a missing model"
         );
     }
@@ -138,6 +145,23 @@ fn check(dir: &std::path::Path, committed: &Committed) {
             "round {round} accepted the other share"
         );
     }
+    if keep > 0 {
+        // At most one model past the limit (committed, not yet pruned), and
+        // the model files are exactly the stored models' blobs.
+        let stored = s.models().unwrap();
+        assert!(stored.len() <= keep + 1, "{} models kept", stored.len());
+        let mut want: Vec<String> = stored
+            .iter()
+            .map(|(h, _)| format!("{}.blob", h.to_hex()))
+            .collect();
+        want.sort();
+        let mut files: Vec<String> = std::fs::read_dir(dir.join(primiad::store::MODELS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(files, want);
+    }
     let metrics = s.metrics_history(usize::MAX).unwrap();
     for round in &committed.metrics {
         assert!(
@@ -149,6 +173,17 @@ fn check(dir: &std::path::Path, committed: &Committed) {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_committed() {
+    torture(0);
+}
+
+#[test]
+fn sigkill_while_pruning_keeps_the_newest_models_whole() {
+    torture(3);
+}
+
+/// Kills the torture child six times at random moments, checking the store
+/// after each kill.
+fn torture(keep: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let mut all = Committed::default();
@@ -156,7 +191,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
     let t0 = Instant::now();
     for i in 0..kills {
         let delay = Duration::from_millis(rng.random_range(20..400));
-        let lines = run_and_kill(dir.path(), delay);
+        let lines = run_and_kill(dir.path(), delay, keep);
         let mut this = Committed::default();
         parse(&lines, &mut this);
         assert!(!this.models.is_empty(), "run {i} committed no model");
@@ -173,7 +208,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
         all.journal.extend(this.journal);
         all.reveals.extend(this.reveals);
         all.metrics.extend(this.metrics);
-        check(dir.path(), &all);
+        check(dir.path(), &all, keep);
         eprintln!(
             "kill {i}: after {delay:?}, {} models committed so far",
             all.models.len()

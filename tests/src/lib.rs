@@ -35,6 +35,8 @@ pub struct Settings {
     pub max_attempts: u32,
     /// Pause between rounds.
     pub pause_ms: u64,
+    /// Models each member keeps (0: all).
+    pub keep_models: usize,
 }
 
 impl Settings {
@@ -48,6 +50,8 @@ impl Settings {
             leader_silence_ms: 1200,
             max_attempts: 8,
             pause_ms: 200,
+            // Small, so that every multi-round test prunes.
+            keep_models: 2,
         }
     }
 }
@@ -129,6 +133,7 @@ impl Consortium {
                 r#"roster = "../roster.toml"
 key = "identity.key"
 storage_dir = "state"
+keep_models = {keep}
 
 [network]
 listen = ["/ip4/127.0.0.1/tcp/{port}"]
@@ -150,6 +155,7 @@ vector_len = {params}
                 rounds = settings.rounds,
                 pause = settings.pause_ms,
                 params = settings.parameters,
+                keep = settings.keep_models,
             );
             std::fs::write(&config, text).expect("write config");
             members.push(Member {

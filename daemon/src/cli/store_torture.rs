@@ -1,5 +1,6 @@
-//! `primiad __store-torture` (hidden): commits models, journal entries,
-//! reveals and metrics in a loop, printing each one after it is committed,
+//! `primiad __store-torture` (hidden): commits models (pruning old ones if
+//! asked), journal entries, reveals and metrics in a loop, printing each
+//! one after it is committed,
 //! so a test can SIGKILL it at random moments and check that everything
 //! printed survived. Not for operators.
 
@@ -23,6 +24,10 @@ pub struct Args {
     /// Rounds to commit before stopping.
     #[arg(long, default_value_t = 1_000_000)]
     pub rounds: u64,
+    /// Prune to this many models after each commit, as the daemon does
+    /// (0 keeps every model).
+    #[arg(long, default_value_t = 0)]
+    pub keep_models: usize,
 }
 
 /// The model blob of round `round`: 1 to 96 KiB of bytes derived from it,
@@ -91,6 +96,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let hash = store.commit_model(&blob, meta)?;
         writeln!(out, "model {round} {hash}")?;
+        if let Some(keep) = std::num::NonZeroUsize::new(args.keep_models) {
+            store.prune_models(keep)?;
+        }
         store.record_attempt(&journal_entry(round, hash))?;
         writeln!(out, "journal {round}")?;
         let _receipt = store.record_reveal(&reveal_entry(round))?;

@@ -1113,9 +1113,19 @@ impl Driver {
             parameter_count: self.parameters as u64,
             size_bytes: 0,
         };
-        let hash = blocking(move || store.commit_model(&blob, meta))
-            .await?
-            .with_context(|| format!("cannot store the model of round {round}"))?;
+        let keep = self.config.keep_models;
+        let (hash, pruned) = blocking(move || {
+            let hash = store.commit_model(&blob, meta)?;
+            // The model is committed whatever pruning does.
+            Ok::<_, crate::store::StoreError>((hash, keep.map(|k| store.prune_models(k))))
+        })
+        .await?
+        .with_context(|| format!("cannot store the model of round {round}"))?;
+        match pruned {
+            Some(Ok(0)) | None => {}
+            Some(Ok(n)) => debug!(deleted = n, "old models pruned"),
+            Some(Err(e)) => warn!(error = %e, "cannot prune old models"),
+        }
         Ok(hash)
     }
 

@@ -23,6 +23,8 @@ pub struct Stored {
     pub hash: ModelHash,
     /// Completed rounds: round -> (participants, model hash).
     pub completed: BTreeMap<u64, (Vec<String>, ModelHash)>,
+    /// How many models the store holds.
+    pub models_kept: usize,
 }
 
 /// Opens a stopped member's store and reads its model and journal.
@@ -50,6 +52,7 @@ pub fn read_store(storage: &Path, parameters: usize) -> Stored {
         model,
         hash,
         completed,
+        models_kept: store.models().unwrap().len(),
     }
 }
 
