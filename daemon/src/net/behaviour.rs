@@ -106,6 +106,20 @@ impl Behaviour {
             .max_transmit_size(config.max_gossip_message_bytes + GOSSIP_ENVELOPE_BYTES)
             .heartbeat_interval(config.gossip_heartbeat)
             .heartbeat_initial_delay(config.gossip_heartbeat)
+            // A mesh of 3 rather than the default 6. Every member dials
+            // every other and publishes to all of them at once (flood
+            // publishing, the default); the mesh only relays to members
+            // without a link to the author, and gossip repairs the rest
+            // each heartbeat. But every relayed copy costs its receiver an
+            // ed25519 verification before the duplicate is dropped (strict
+            // validation checks the signature in the codec): at 10 members
+            // and 10^5 parameters that was 11 % of the round's CPU, and a
+            // mesh of 3 made the secure round 8 % faster (round bench,
+            // three interleaved runs, 15 rounds each).
+            .mesh_n(3)
+            .mesh_n_low(2)
+            .mesh_n_high(4)
+            .mesh_outbound_min(1)
             .build()
             .map_err(|e| NetError::InvalidConfig {
                 field: "gossip",
