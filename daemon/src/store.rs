@@ -103,6 +103,8 @@ pub const MODELS_DIR: &str = "models";
 
 /// Extension of a model blob's file; `.tmp` while it is being written.
 const BLOB_EXT: &str = "blob";
+/// Spare capacity of a blob read back (see [`Store::model_blob`]).
+const BLOB_SPARE_BYTES: usize = 16;
 const TMP_EXT: &str = "tmp";
 
 const KEY_SCHEMA: &[u8] = b"schema_version";
@@ -814,8 +816,10 @@ impl Store {
             }
         };
         // Read at most one byte more than the metadata promises, so that a
-        // grown file is noticed without reading all of it.
-        let mut blob = Vec::with_capacity(meta.size_bytes as usize);
+        // grown file is noticed without reading all of it. The spare
+        // capacity takes that byte, and a network answer's trailer after
+        // the blob, without moving megabytes.
+        let mut blob = Vec::with_capacity(meta.size_bytes as usize + BLOB_SPARE_BYTES);
         (&mut file)
             .take(meta.size_bytes + 1)
             .read_to_end(&mut blob)

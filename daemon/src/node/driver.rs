@@ -91,6 +91,13 @@ enum LatestError {
 /// Recent metrics kept for the status.
 const RECENT_METRICS: usize = 10;
 
+/// Models read and answered at once. Each answer holds a whole model in
+/// memory (45 MB for ResNet-18) until the network takes it; without a
+/// bound, a member asking many times at once (up to its streams per
+/// connection) or many members catching up together would make this
+/// daemon hold a copy per request. The others wait their turn.
+const MAX_MODEL_SERVES: usize = 2;
+
 /// What the driver is doing between rounds.
 enum Stage {
     /// Waiting to start `round`: until `until`, and until enough members
@@ -227,6 +234,8 @@ pub(super) struct Driver {
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: Option<mpsc::Receiver<Internal>>,
     dirty: bool,
+    /// Turns to answer a model request (see [`MAX_MODEL_SERVES`]).
+    model_serves: Arc<tokio::sync::Semaphore>,
     exit: bool,
     /// Rounds up to this number may start (see `NodeOptions::round_gate`).
     gate_open: u64,
@@ -362,6 +371,7 @@ impl Driver {
             internal_tx,
             internal_rx: Some(internal_rx),
             dirty: true,
+            model_serves: Arc::new(tokio::sync::Semaphore::new(MAX_MODEL_SERVES)),
             exit: false,
             gate_open: if hooks.gate.is_some() { 0 } else { u64::MAX },
             gate: hooks.gate,
@@ -1311,10 +1321,19 @@ impl Driver {
             }
             Ok(Request::Model(hash)) => {
                 let store = Arc::clone(&self.store);
+                let serves = Arc::clone(&self.model_serves);
                 tokio::spawn(async move {
+                    // Held until the answer is handed to the network.
+                    let Ok(_turn) = serves.acquire_owned().await else {
+                        return;
+                    };
                     let blob = tokio::task::spawn_blocking(move || store.model_blob(hash)).await;
                     match blob {
-                        Ok(Ok(Some(blob))) => answer(reply, Response::Model(&blob)),
+                        Ok(Ok(Some(blob))) => {
+                            if let Err(e) = reply.respond(wire::model_response(blob)) {
+                                debug!(error = %e, "model not sent");
+                            }
+                        }
                         Ok(Ok(None)) => answer(reply, Response::NotFound),
                         Ok(Err(e)) => {
                             error!(model = %hash, error = %e, "cannot read a stored model");

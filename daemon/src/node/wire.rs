@@ -374,6 +374,15 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response<'_>, WireError> {
     }
 }
 
+/// Makes a model blob a [`Response::Model`] in place: the trailer goes
+/// after the blob in its own buffer, which is not copied (nor moved, if
+/// it has [`MODEL_TRAILER_BYTES`] to spare), where [`encode_response`]
+/// would copy the whole model.
+pub fn model_response(mut blob: Vec<u8>) -> Vec<u8> {
+    blob.extend_from_slice(&[RESP_MODEL, VERSION]);
+    blob
+}
+
 /// Encodes a response. A refusal's reason is cut to [`MAX_REFUSAL_BYTES`]
 /// on a character boundary.
 pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
