@@ -228,6 +228,15 @@ impl ModelHash {
         Self(*blake3::hash(blob).as_bytes())
     }
 
+    /// The hash of the blob that is `parts` one after the other.
+    pub fn of_parts(parts: &[&[u8]]) -> Self {
+        let mut h = blake3::Hasher::new();
+        for p in parts {
+            h.update(p);
+        }
+        Self(*h.finalize().as_bytes())
+    }
+
     /// All 64 hex digits.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
@@ -543,7 +552,7 @@ impl Store {
                 });
             }
             if self.blob_len(hash) != Some(blob.len() as u64) {
-                self.write_blob(hash, &blob)?;
+                self.write_blob(hash, &[&blob])?;
             }
         }
         self.models
@@ -616,9 +625,10 @@ impl Store {
             .map(|m| m.len())
     }
 
-    /// Writes the blob file of `hash` durably: a temporary file, fsynced,
-    /// renamed into place, and the directory fsynced.
-    fn write_blob(&self, hash: ModelHash, blob: &[u8]) -> Result<()> {
+    /// Writes the blob file of `hash` (`parts` one after the other)
+    /// durably: a temporary file, fsynced, renamed into place, and the
+    /// directory fsynced.
+    fn write_blob(&self, hash: ModelHash, parts: &[&[u8]]) -> Result<()> {
         // A name of its own per write: two writers of the same model (a
         // commit and a fetch, say) must not rename each other's file away.
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -645,7 +655,9 @@ impl Store {
         let mut file = options
             .open(&tmp)
             .map_err(io(&tmp, "cannot create a model file"))?;
-        file.write_all(blob)
+        parts
+            .iter()
+            .try_for_each(|p| file.write_all(p))
             .and_then(|()| file.sync_all())
             .map_err(io(&tmp, "cannot write a model file"))?;
         drop_cached(&file);
@@ -667,29 +679,36 @@ impl Store {
     /// current model, all in one transaction, flushed before returning.
     /// `meta.size_bytes` is set from the blob.
     pub fn commit_model(&self, blob: &[u8], meta: ModelMeta) -> Result<ModelHash> {
-        self.put_model_inner(blob, meta, true)
+        self.put_model_inner(&[blob], meta, true)
+    }
+
+    /// [`Self::commit_model`] of the blob that is `parts` one after the
+    /// other, so that a caller holding a model's header and its parameters
+    /// apart need not copy them into one buffer first.
+    pub fn commit_model_parts(&self, parts: &[&[u8]], meta: ModelMeta) -> Result<ModelHash> {
+        self.put_model_inner(parts, meta, true)
     }
 
     /// Stores a model without changing the current pointer (a model fetched
     /// from a peer before it is adopted, or an older one), flushed.
     pub fn put_model(&self, blob: &[u8], meta: ModelMeta) -> Result<ModelHash> {
-        self.put_model_inner(blob, meta, false)
+        self.put_model_inner(&[blob], meta, false)
     }
 
     fn put_model_inner(
         &self,
-        blob: &[u8],
+        parts: &[&[u8]],
         mut meta: ModelMeta,
         current: bool,
     ) -> Result<ModelHash> {
-        if blob.len() > MAX_MODEL_BYTES {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > MAX_MODEL_BYTES {
             return Err(StoreError::Invalid(format!(
-                "model of {} bytes is larger than the {MAX_MODEL_BYTES}-byte limit",
-                blob.len()
+                "model of {len} bytes is larger than the {MAX_MODEL_BYTES}-byte limit"
             )));
         }
-        meta.size_bytes = blob.len() as u64;
-        let hash = ModelHash::of(blob);
+        meta.size_bytes = len as u64;
+        let hash = ModelHash::of_parts(parts);
         let meta_bytes = encode_record(&meta)?;
         // A model already stored is not written again: blobs are large and
         // the hash says the bytes are the same.
@@ -700,8 +719,8 @@ impl Store {
         // The blob is durable before anything refers to it (see the
         // module doc). One with the right length is not written again (a
         // damaged one is found by its hash when read).
-        if !known || self.blob_len(hash) != Some(blob.len() as u64) {
-            self.write_blob(hash, blob)?;
+        if !known || self.blob_len(hash) != Some(len as u64) {
+            self.write_blob(hash, parts)?;
         }
         (&self.model_meta, &self.meta)
             .transaction(|(model_meta, m)| {

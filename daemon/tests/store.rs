@@ -72,6 +72,17 @@ fn models_and_pointer_survive_reopen() {
     let listed: Vec<u64> = s.models().unwrap().iter().map(|(_, m)| m.round).collect();
     assert_eq!(listed, vec![1, 2, 3]);
 
+    // A blob given in parts is the same model as given whole.
+    let parts: [&[u8]; 3] = [b"model ", b"", b"one"];
+    assert_eq!(s.commit_model_parts(&parts, meta(1)).unwrap(), h1);
+    assert_eq!(ModelHash::of_parts(&parts), h1);
+    let h4 = s
+        .commit_model_parts(&[b"model ", b"four"], meta(4))
+        .unwrap();
+    assert_eq!(h4, ModelHash::of(b"model four"));
+    assert_eq!(s.model_blob(h4).unwrap().unwrap(), b"model four");
+    assert_eq!(s.model_meta(h4).unwrap().unwrap().size_bytes, 10);
+
     s.set_current_model(h1).unwrap();
     assert_eq!(s.current_model().unwrap(), Some(h1));
     let err = s.set_current_model(ModelHash::of(b"nope")).unwrap_err();
@@ -80,7 +91,7 @@ fn models_and_pointer_survive_reopen() {
     // Committing a stored model again only moves the pointer.
     assert_eq!(s.commit_model(b"model two!", meta(2)).unwrap(), h2);
     assert_eq!(s.current_model().unwrap(), Some(h2));
-    assert_eq!(s.models().unwrap().len(), 3);
+    assert_eq!(s.models().unwrap().len(), 4);
 }
 
 #[test]

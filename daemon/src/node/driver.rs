@@ -1049,9 +1049,11 @@ impl Driver {
                 return Ok(());
             }
         };
-        let (blob, hash) = next.encode_hashed();
+        let next = Arc::new(next);
         let created = now_unix_ms();
-        self.commit(blob, round, created).await?;
+        let hash = self
+            .commit(Committed::Model(Arc::clone(&next)), round, created)
+            .await?;
         let entry = self.journal_entry(
             round,
             &log,
@@ -1110,10 +1112,10 @@ impl Driver {
         self.evaluate_final();
     }
 
-    /// Stores a model blob and makes it current, durably.
+    /// Stores a model and makes it current, durably.
     async fn commit(
         &mut self,
-        blob: Vec<u8>,
+        model: Committed,
         round: u64,
         created: u64,
     ) -> anyhow::Result<ModelHash> {
@@ -1126,7 +1128,10 @@ impl Driver {
         };
         let keep = self.config.keep_models;
         let (hash, pruned) = blocking(move || {
-            let hash = store.commit_model(&blob, meta)?;
+            let hash = match &model {
+                Committed::Blob(blob) => store.commit_model(blob, meta)?,
+                Committed::Model(m) => store.commit_model_parts(&[&m.header(), &m.body()], meta)?,
+            };
             // The model is committed whatever pruning does.
             Ok::<_, crate::store::StoreError>((hash, keep.map(|k| store.prune_models(k))))
         })
@@ -1141,7 +1146,7 @@ impl Driver {
     }
 
     /// Makes `model` current in memory and tells the others.
-    async fn adopt(&mut self, model: GlobalModel, hash: ModelHash, created: u64) {
+    async fn adopt(&mut self, model: Arc<GlobalModel>, hash: ModelHash, created: u64) {
         self.announcement = Announcement::sign(
             &self.identity,
             &self.protocol_roster.digest(),
@@ -1153,7 +1158,7 @@ impl Driver {
         );
         self.latest_of.insert(self.me, self.announcement);
         self.fetch_due = None;
-        self.model = Arc::new(model);
+        self.model = model;
         self.model_hash = hash;
         self.model_created_unix_ms = created;
         self.dirty = true;
@@ -1647,7 +1652,8 @@ impl Driver {
         if model.round <= self.model.round {
             return Ok(Ok(()));
         }
-        self.commit(blob, model.round, a.created_unix_ms).await?;
+        self.commit(Committed::Blob(blob), model.round, a.created_unix_ms)
+            .await?;
         info!(
             round = model.round,
             model = %a.hash,
@@ -1677,7 +1683,7 @@ impl Driver {
         }
         self.previous = None;
         let round = model.round;
-        self.adopt(model, a.hash, a.created_unix_ms).await;
+        self.adopt(Arc::new(model), a.hash, a.created_unix_ms).await;
         self.buffer.take_round(round);
         self.after_adopt();
         // The others are likely in the next round already: no pause.
@@ -1736,6 +1742,13 @@ impl Driver {
         };
         self.status.send_replace(snapshot);
     }
+}
+
+/// A model to store: a blob as it came from a member, or one this member
+/// made (written from its parameters as they are).
+enum Committed {
+    Blob(Vec<u8>),
+    Model(Arc<GlobalModel>),
 }
 
 /// What to feed the current round.
