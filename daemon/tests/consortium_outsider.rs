@@ -10,12 +10,12 @@ mod consortium_support;
 use std::future::Future;
 use std::time::Duration;
 
-use consortium_support::{WAIT, names};
+use consortium_support::{WAIT, names, stock_swarm};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
 use primia_crypto::IdentityKey;
 use primia_tests::{Consortium, Settings};
 use primiad::net::codec::{BULK_PROTOCOL, BulkCodec};
@@ -32,36 +32,25 @@ struct Stock {
 }
 
 fn stock(key: Keypair, topic: &gossipsub::IdentTopic) -> Swarm<Stock> {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let mut swarm = stock_swarm(key, |key| Stock {
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/primia/id/1".into(),
+            key.public(),
+        )),
+        gossipsub: gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(100))
+                .build()
+                .unwrap(),
         )
-        .unwrap()
-        .with_behaviour(|key| Stock {
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/primia/id/1".into(),
-                key.public(),
-            )),
-            gossipsub: gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossipsub::ConfigBuilder::default()
-                    .heartbeat_interval(Duration::from_millis(100))
-                    .build()
-                    .unwrap(),
-            )
-            .unwrap(),
-            bulk: request_response::Behaviour::with_codec(
-                BulkCodec::new(1 << 20, 64 << 20),
-                [(BULK_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default(),
-            ),
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+        .unwrap(),
+        bulk: request_response::Behaviour::with_codec(
+            BulkCodec::new(1 << 20, 64 << 20),
+            [(BULK_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    });
     swarm.behaviour_mut().gossipsub.subscribe(topic).unwrap();
     swarm
 }

@@ -4,13 +4,16 @@
 //! every request gets the right blob (or "not found" for a model it never
 //! had), and the daemon goes on with its rounds.
 
+mod consortium_support;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
+use consortium_support::{WAIT, stock_swarm};
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm};
 use primia_tests::{Consortium, Settings};
 use primiad::identity::NodeIdentity;
 use primiad::net::codec::{BULK_PROTOCOL, BulkCodec};
@@ -18,30 +21,18 @@ use primiad::node::wire::{self, Request, Response};
 use primiad::store::ModelHash;
 
 const BIN: &str = env!("CARGO_BIN_EXE_primiad");
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A stock libp2p stack speaking only the bulk protocol, with `key`.
 fn client(key: libp2p::identity::Keypair) -> Swarm<request_response::Behaviour<BulkCodec>> {
-    libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    stock_swarm(key, |_| {
+        request_response::Behaviour::with_codec(
+            BulkCodec::new(1 << 20, 64 << 20),
+            [(BULK_PROTOCOL, ProtocolSupport::Outbound)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(30))
+                .with_max_concurrent_streams(64),
         )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                BulkCodec::new(1 << 20, 64 << 20),
-                [(BULK_PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(30))
-                    .with_max_concurrent_streams(64),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

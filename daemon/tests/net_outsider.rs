@@ -3,16 +3,19 @@
 //! member, cannot get a gossip message delivered (directly or relayed by a
 //! member that trusts it), and cannot get a request answered.
 
+mod consortium_support;
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use consortium_support::stock_swarm;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
 use primiad::net::codec::{BULK_PROTOCOL, BulkCodec};
 use primiad::net::{NetConfig, NetEvent, Network, NetworkClient};
 use tokio::sync::{mpsc, oneshot};
@@ -41,40 +44,29 @@ fn topic(config: &NetConfig) -> gossipsub::IdentTopic {
 }
 
 fn outsider(key: Keypair, topic: &gossipsub::IdentTopic) -> Swarm<Stock> {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .heartbeat_interval(Duration::from_millis(100))
-                .build()
-                .unwrap();
-            Stock {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/primia/id/1".into(),
-                    key.public(),
-                )),
-                gossipsub: gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    gossip_config,
-                )
-                .unwrap(),
-                bulk: request_response::Behaviour::with_codec(
-                    BulkCodec::new(1 << 20, 1 << 20),
-                    [(BULK_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                ),
-            }
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = stock_swarm(key, |key| {
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .heartbeat_interval(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        Stock {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/primia/id/1".into(),
+                key.public(),
+            )),
+            gossipsub: gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )
+            .unwrap(),
+            bulk: request_response::Behaviour::with_codec(
+                BulkCodec::new(1 << 20, 1 << 20),
+                [(BULK_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+        }
+    });
     swarm.behaviour_mut().gossipsub.subscribe(topic).unwrap();
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())

@@ -1,6 +1,6 @@
 //! What the consortium tests share: the expected models, computed in the
-//! test from the members' test vectors, and reading a stopped member's
-//! store.
+//! test from the members' test vectors, reading a stopped member's store,
+//! and the stock libp2p swarm an outsider or a test client runs.
 
 #![allow(dead_code)]
 
@@ -11,6 +11,26 @@ use std::time::Duration;
 use primia_crypto::{add_assign, fixed};
 use primiad::node::{GlobalModel, test_examples, test_vector};
 use primiad::store::{AttemptOutcome, ModelHash, Store};
+
+/// A stock libp2p swarm (TCP, Noise, yamux; connections idle for up to a
+/// minute) with `key` and the behaviour `make` builds from it.
+pub fn stock_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    make: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(make)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
 
 /// Longest wait for any one situation in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
