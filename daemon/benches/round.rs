@@ -46,6 +46,12 @@
 //! member that finishes early commits while others still receive the
 //! outcome, so on shared cores its commit shows in their `outcome`.
 //!
+//! `cpu_ms` is the CPU time of the whole process (every member, user and
+//! system) from opening the gate until the last member's report, so it
+//! includes the commits. On c cores a round cannot take much less than
+//! `cpu_ms / c` of wall time; where `total_ms` is close to that, the round
+//! is bound by computation, not by waiting on messages.
+//!
 //! All nodes share this machine's cores, so a member's masking and the
 //! leader's work queue behind each other as they would not on separate
 //! machines; on two cores that is most of the difference between the
@@ -68,7 +74,21 @@ const COLUMNS: [&str; 7] = [
 
 struct Measured {
     total_ms: f64,
+    /// CPU time of the whole process (every member) from the gate until
+    /// the last member's report, commits included.
+    cpu_ms: f64,
     phases: BTreeMap<&'static str, f64>,
+}
+
+/// CPU time this process has used so far, user and system, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn free_port() -> u16 {
@@ -122,7 +142,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Splits one round into phases (see the module doc).
-fn phases(plain: bool, gate: Instant, reports: &[RoundReport]) -> Measured {
+fn phases(plain: bool, gate: Instant, cpu_ms: f64, reports: &[RoundReport]) -> Measured {
     let end = reports.iter().map(|r| r.finished).max().unwrap();
     let leader = reports[0].leader;
     let lead = reports
@@ -167,6 +187,7 @@ fn phases(plain: bool, gate: Instant, reports: &[RoundReport]) -> Measured {
     );
     Measured {
         total_ms: ms(end - gate),
+        cpu_ms,
         phases: out,
     }
 }
@@ -230,6 +251,7 @@ impl Consortium {
     /// Opens the gate of `round` and waits for every member's report.
     async fn round(&mut self, round: u64) -> Measured {
         let gate = Instant::now();
+        let cpu = process_cpu();
         self.gate.send_replace(round);
         let mut got = Vec::new();
         while got.len() < self.n {
@@ -241,9 +263,10 @@ impl Consortium {
             assert_eq!(r.round, round, "a report of another round");
             got.push(r);
         }
+        let cpu_ms = ms(process_cpu() - cpu);
         let models: Vec<_> = got.iter().map(|r| r.model).collect();
         assert!(models.windows(2).all(|w| w[0] == w[1]), "members disagree");
-        phases(self.plain, gate, &got)
+        phases(self.plain, gate, cpu_ms, &got)
     }
 
     async fn stop(self) {
@@ -314,9 +337,10 @@ fn main() {
         println!();
         println!("members={n} params={params}");
         println!(
-            "  {:<7} {:>9} {}",
+            "  {:<7} {:>9} {:>9} {}",
             "mode",
             "total_ms",
+            "cpu_ms",
             COLUMNS
                 .iter()
                 .map(|p| format!("{p:>9}"))
@@ -337,7 +361,8 @@ fn main() {
                     }
                 })
                 .collect();
-            println!("  {mode:<7} {total:>9.1} {cols}");
+            let cpu = median(m.iter().map(|x| x.cpu_ms).collect());
+            println!("  {mode:<7} {total:>9.1} {cpu:>9.1} {cols}");
         }
         println!(
             "round members={n} params={params} secure_ms={:.1} plain_ms={:.1} ratio={:.2}",
