@@ -2,60 +2,90 @@
 //! (as one catching up with a slow link might, or a misbehaving one): the
 //! daemon answers only a few at a time, so each answer waits its turn, but
 //! every request gets the right blob (or "not found" for a model it never
-//! had), and the daemon goes on with its rounds.
+//! had), and the daemon goes on with its rounds. An asker that stops
+//! reading holds one turn until it reads again, so others are still
+//! answered; only when every turn is held does everyone wait (the daemon
+//! holds no more answers than turns).
 
 mod consortium_support;
 
 use std::collections::HashMap;
+use std::io;
 use std::time::Duration;
 
 use consortium_support::{WAIT, stock_swarm};
-use futures::StreamExt;
+use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use primia_tests::{Consortium, Settings};
 use primiad::identity::NodeIdentity;
-use primiad::net::codec::{BULK_PROTOCOL, BulkCodec};
+use primiad::net::codec::{BULK_PROTOCOL, BulkCodec, BulkRequest};
 use primiad::node::wire::{self, Request, Response};
 use primiad::store::ModelHash;
+use tokio::sync::watch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_primiad");
 
-/// A stock libp2p stack speaking only the bulk protocol, with `key`.
-fn client(key: libp2p::identity::Keypair) -> Swarm<request_response::Behaviour<BulkCodec>> {
-    stock_swarm(key, |_| {
-        request_response::Behaviour::with_codec(
-            BulkCodec::new(1 << 20, 64 << 20),
-            [(BULK_PROTOCOL, ProtocolSupport::Outbound)],
-            request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(30))
-                .with_max_concurrent_streams(64),
-        )
-    })
+/// The bulk protocol, asking only, over `codec`.
+fn asking<C>(codec: C) -> request_response::Behaviour<C>
+where
+    C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
+{
+    request_response::Behaviour::with_codec(
+        codec,
+        [(BULK_PROTOCOL, ProtocolSupport::Outbound)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(64),
+    )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_model_requests_at_once_are_all_answered() {
-    // Five, so that four carry on (t = 4) when one steps out.
-    let mut settings = Settings::fast(5);
-    // Large enough that answers take a moment; every model kept, so the
-    // one asked for stays.
+fn codec() -> BulkCodec {
+    BulkCodec::new(1 << 20, 64 << 20)
+}
+
+/// A stock libp2p stack speaking only the bulk protocol, with `key`.
+fn client(key: libp2p::identity::Keypair) -> Swarm<request_response::Behaviour<BulkCodec>> {
+    stock_swarm(key, |_| asking(codec()))
+}
+
+/// Where the daemon and this test's askers meet.
+struct Daemon {
+    consortium: Consortium,
+    peer: PeerId,
+    addr: Multiaddr,
+    /// The latest model of member 0.
+    hash: ModelHash,
+    round: u64,
+    /// Keys the daemon accepts: those of the stopped members.
+    keys: Vec<libp2p::identity::Keypair>,
+}
+
+/// Starts `n` members with models of 200,000 parameters, waits for
+/// round 1, stops the last `stop` members and takes their keys, so that
+/// the test can ask member 0 as roster members.
+fn start(n: usize, stop: usize) -> Daemon {
+    let mut settings = Settings::fast(n);
+    // Large enough that answers take a moment (and more than a stream's
+    // flow-control window); every model kept, so the one asked for stays.
     settings.parameters = 200_000;
     settings.keep_models = 0;
     let mut c = Consortium::new(BIN, &settings);
     c.start_all();
-    c.wait_until("five members past round 1", WAIT, |c| {
-        (0..5).all(|i| {
+    c.wait_until("every member past round 1", WAIT, |c| {
+        (0..n).all(|i| {
             c.status(i)
                 .and_then(|s| s.pointer("/latest_model/round")?.as_u64())
                 .is_some_and(|r| r >= 1)
         })
     });
-    // m4 steps out; the test speaks with its key (a roster member's).
-    assert!(c.stop(4, Duration::from_secs(20)), "{}", c.logs());
-    let key_file = c.members[4].config.parent().unwrap().join("identity.key");
-    let key = NodeIdentity::load(&key_file).unwrap().keypair().clone();
+    let mut keys = Vec::new();
+    for m in n - stop..n {
+        assert!(c.stop(m, Duration::from_secs(20)), "{}", c.logs());
+        let key_file = c.members[m].config.parent().unwrap().join("identity.key");
+        keys.push(NodeIdentity::load(&key_file).unwrap().keypair().clone());
+    }
     let status = c.status(0).expect("m0's status");
     let hash: ModelHash = status["latest_model"]["hash"]
         .as_str()
@@ -63,12 +93,107 @@ async fn many_model_requests_at_once_are_all_answered() {
         .parse()
         .unwrap();
     let round = status["latest_model"]["round"].as_u64().unwrap();
-
-    let mut x = client(key);
     let peer: PeerId = c.members[0].peer_id.parse().unwrap();
     let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", c.members[0].port)
         .parse()
         .unwrap();
+    Daemon {
+        consortium: c,
+        peer,
+        addr,
+        hash,
+        round,
+        keys,
+    }
+}
+
+/// The bulk codec, except that it reads no response until `release` turns
+/// true: an asker that stops reading its streams.
+#[derive(Clone)]
+struct Stalling {
+    inner: BulkCodec,
+    release: watch::Receiver<bool>,
+}
+
+impl request_response::Codec for Stalling {
+    type Protocol = StreamProtocol;
+    type Request = BulkRequest;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<BulkRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        self.inner.read_request(p, io).await
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut release = self.release.clone();
+        let _ = release.wait_for(|r| *r).await;
+        self.inner.read_response(p, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        req: BulkRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        self.inner.write_request(p, io, req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        self.inner.write_response(p, io, res).await
+    }
+}
+
+/// One connection, two ways of asking over it.
+#[derive(NetworkBehaviour)]
+struct Askers {
+    stalling: request_response::Behaviour<Stalling>,
+    reading: request_response::Behaviour<BulkCodec>,
+}
+
+/// An event of `Askers`, without the megabytes of a response.
+fn describe(e: &AskersEvent) -> String {
+    let (who, e) = match e {
+        AskersEvent::Stalling(e) => ("stalling", e),
+        AskersEvent::Reading(e) => ("reading", e),
+    };
+    let what = match e {
+        request_response::Event::Message { .. } => "an answer".to_string(),
+        request_response::Event::OutboundFailure { error, .. } => format!("failure: {error}"),
+        other => format!("{other:?}"),
+    };
+    format!("{who} asker: {what}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_model_requests_at_once_are_all_answered() {
+    // Five, so that four carry on (t = 4) when one steps out.
+    let Daemon {
+        consortium: mut c,
+        peer,
+        addr,
+        hash,
+        round,
+        mut keys,
+    } = start(5, 1);
+    let mut x = client(keys.pop().unwrap());
     const ASKS: usize = 12;
     let unknown = ModelHash([9; 32]);
     let mut pending = HashMap::new();
@@ -124,4 +249,115 @@ async fn many_model_requests_at_once_are_all_answered() {
             .and_then(|s| s.pointer("/latest_model/round")?.as_u64())
             .is_some_and(|r| r >= round + 2)
     });
+}
+
+/// The next event of any of three askers.
+async fn next_event(askers: &mut [Swarm<Askers>; 3]) -> (usize, AskersEvent) {
+    let [a, b, c] = askers;
+    loop {
+        let (i, e) = tokio::select! {
+            e = a.select_next_some() => (0, e),
+            e = b.select_next_some() => (1, e),
+            e = c.select_next_some() => (2, e),
+        };
+        if let SwarmEvent::Behaviour(e) = e {
+            return (i, e);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn askers_that_stop_reading_hold_one_turn_each() {
+    // Three stopped members lend their keys to three askers: A and B stop
+    // reading at times, C always reads.
+    let Daemon {
+        consortium: c,
+        peer,
+        addr,
+        hash,
+        keys,
+        ..
+    } = start(5, 3);
+    let (release, released) = watch::channel(false);
+    let keys: [_; 3] = keys.try_into().unwrap();
+    let mut askers = keys.map(|key| {
+        stock_swarm(key, |_| Askers {
+            stalling: asking(Stalling {
+                inner: codec(),
+                release: released.clone(),
+            }),
+            reading: asking(codec()),
+        })
+    });
+    let model = || wire::encode_request(&Request::Model(hash)).into();
+    let ask = |askers: &mut [Swarm<Askers>; 3], who: usize, stalling: bool| {
+        let b = askers[who].behaviour_mut();
+        let addrs = vec![addr.clone()];
+        if stalling {
+            b.stalling
+                .send_request_with_addresses(&peer, model(), addrs);
+        } else {
+            b.reading.send_request_with_addresses(&peer, model(), addrs);
+        }
+    };
+    let check = |(who, e): (usize, AskersEvent)| {
+        let response = match e {
+            AskersEvent::Stalling(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            })
+            | AskersEvent::Reading(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => response,
+            e => panic!("asker {who}: {}\n{}", describe(&e), c.logs()),
+        };
+        match wire::decode_response(&response).unwrap() {
+            Response::Model(blob) => assert_eq!(ModelHash::of(blob), hash),
+            other => panic!("unexpected answer {other:?}"),
+        }
+        who
+    };
+    // Lets the daemon start the answers it will and block on the askers'
+    // flow-control windows; nothing may arrive meanwhile.
+    async fn quiet(askers: &mut [Swarm<Askers>; 3], secs: u64, while_: &str, logs: &str) {
+        if let Ok((who, e)) =
+            tokio::time::timeout(Duration::from_secs(secs), next_event(askers)).await
+        {
+            panic!("asker {who}: {} while {while_}\n{logs}", describe(&e));
+        }
+    }
+    const A: usize = 0;
+    const B: usize = 1;
+    const C: usize = 2;
+
+    // A asks three times and reads nothing: it holds one turn.
+    for _ in 0..3 {
+        ask(&mut askers, A, true);
+    }
+    quiet(&mut askers, 2, "A stalls", &c.logs()).await;
+    // C is answered all the same, and A's own reading request waits.
+    ask(&mut askers, A, false);
+    ask(&mut askers, C, false);
+    let first = tokio::time::timeout(Duration::from_secs(15), next_event(&mut askers))
+        .await
+        .unwrap_or_else(|_| panic!("C unanswered while A stalls\n{}", c.logs()));
+    assert_eq!(check(first), C, "only C may be answered");
+    // B stalls too: every turn is held, and C now waits as well.
+    ask(&mut askers, B, true);
+    quiet(&mut askers, 2, "B stalls", &c.logs()).await;
+    ask(&mut askers, C, false);
+    quiet(&mut askers, 3, "every turn is held", &c.logs()).await;
+
+    // A and B read again: every answer comes (A 3 + 1, B 1, C 1), right.
+    release.send_replace(true);
+    let mut answered = [0; 3];
+    tokio::time::timeout(WAIT, async {
+        while answered != [4, 1, 1] {
+            let who = check(next_event(&mut askers).await);
+            answered[who] += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("answered {answered:?}\n{}", c.logs()));
 }

@@ -11,7 +11,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::behaviour::{Behaviour, BehaviourEvent, build_swarm};
 use super::codec::{BulkCodec, BulkRequest};
 use super::config::{peer_id_of, without_peer_id};
-use super::{Command, NetConfig, NetError, NetEvent, NetStats, ResponseHandle};
+use super::{Answer, Command, NetConfig, NetError, NetEvent, NetStats, ResponseHandle};
 
 /// Addresses remembered per roster member (besides its bootstrap ones);
 /// the most recently learned are kept.
@@ -40,7 +40,8 @@ const MAX_LISTEN_WAITERS: usize = 64;
 /// Where the answer to an outbound request goes.
 type ReplyTo = (PeerId, oneshot::Sender<Result<Vec<u8>, NetError>>);
 
-type PendingResponse = BoxFuture<'static, (ResponseChannel<Vec<u8>>, Option<Vec<u8>>)>;
+type PendingResponse =
+    BoxFuture<'static, (InboundRequestId, ResponseChannel<Vec<u8>>, Option<Answer>)>;
 
 /// When to dial a disconnected member next.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +88,11 @@ pub struct EventLoop {
     /// Inbound requests handed out as events, awaiting the consumer's
     /// answer (capped; each ends by the request timeout at the latest).
     pending_responses: FuturesUnordered<PendingResponse>,
+    /// What answers handed to the swarm hold until they are written out or
+    /// fail (see [`ResponseHandle::respond_holding`]). Bounded by the
+    /// streams the swarm has open: every entry ends with `ResponseSent` or
+    /// `InboundFailure`.
+    holding: HashMap<InboundRequestId, Box<dyn Send>>,
 
     /// The codec's shared counter of bad incoming frames.
     codec: BulkCodec,
@@ -149,6 +155,7 @@ impl EventLoop {
             bootstrap_query: None,
             pending_requests: HashMap::new(),
             pending_responses: FuturesUnordered::new(),
+            holding: HashMap::new(),
             codec,
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
@@ -189,10 +196,10 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => self.commands_closed = true,
                 },
-                Some((channel, response)) = self.pending_responses.next(),
+                Some((id, channel, answer)) = self.pending_responses.next(),
                     if !self.pending_responses.is_empty() =>
                 {
-                    self.on_response_ready(channel, response);
+                    self.on_response_ready(id, channel, answer);
                 }
                 event = self.swarm.select_next_some(), if self.outbox.is_empty() => {
                     self.on_swarm_event(event);
@@ -436,9 +443,14 @@ impl EventLoop {
             })
     }
 
-    fn on_response_ready(&mut self, channel: ResponseChannel<Vec<u8>>, response: Option<Vec<u8>>) {
-        match response {
-            Some(payload) => {
+    fn on_response_ready(
+        &mut self,
+        id: InboundRequestId,
+        channel: ResponseChannel<Vec<u8>>,
+        answer: Option<Answer>,
+    ) {
+        match answer {
+            Some(Answer { payload, hold }) => {
                 if self
                     .swarm
                     .behaviour_mut()
@@ -447,6 +459,8 @@ impl EventLoop {
                     .is_err()
                 {
                     debug!("response not sent: the request is gone");
+                } else if let Some(hold) = hold {
+                    self.holding.insert(id, hold);
                 }
             }
             // The handle was dropped or not used in time: dropping the
@@ -618,7 +632,9 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request_id,
+                    request,
+                    channel,
                 } => {
                     if !self.roster.contains(&peer) {
                         return;
@@ -633,7 +649,7 @@ impl EventLoop {
                     self.pending_responses.push(
                         async move {
                             let answer = tokio::time::timeout(timeout, rx).await;
-                            (channel, answer.ok().and_then(Result::ok))
+                            (request_id, channel, answer.ok().and_then(Result::ok))
                         }
                         .boxed(),
                     );
@@ -676,13 +692,21 @@ impl EventLoop {
                     let _ = reply.send(Err(err));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.holding.remove(&request_id);
                 if !matches!(error, request_response::InboundFailure::ResponseOmission) {
                     self.stats.failed_inbound_requests += 1;
                 }
                 debug!(%peer, error = %error, "inbound request failed");
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.holding.remove(&request_id);
+            }
         }
     }
 

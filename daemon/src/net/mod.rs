@@ -196,10 +196,18 @@ impl fmt::Debug for NetEvent {
 }
 
 /// The way back to a peer that sent a request. Use it once with
-/// [`ResponseHandle::respond`]; dropping it refuses the request.
+/// [`ResponseHandle::respond`] or [`ResponseHandle::respond_holding`];
+/// dropping it refuses the request.
 pub struct ResponseHandle {
-    tx: oneshot::Sender<Vec<u8>>,
+    tx: oneshot::Sender<Answer>,
     max_response_bytes: usize,
+}
+
+/// A response on its way to the event loop, and what must live as long as
+/// it is being sent.
+pub(crate) struct Answer {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) hold: Option<Box<dyn Send>>,
 }
 
 impl fmt::Debug for ResponseHandle {
@@ -213,6 +221,22 @@ impl ResponseHandle {
     /// cap, or if the request is gone (timed out, the peer left, or the
     /// event loop stopped).
     pub fn respond(self, payload: Vec<u8>) -> Result<(), NetError> {
+        self.answer(payload, None)
+    }
+
+    /// Sends `payload` as the response, and keeps `hold` (a turn, a
+    /// permit) until the response is written to the asker's stream or can
+    /// no longer be: it was sent, timed out, or the connection closed. An
+    /// asker that reads slowly then holds the turn, not only the bytes.
+    pub fn respond_holding(
+        self,
+        payload: Vec<u8>,
+        hold: impl Send + 'static,
+    ) -> Result<(), NetError> {
+        self.answer(payload, Some(Box::new(hold)))
+    }
+
+    fn answer(self, payload: Vec<u8>, hold: Option<Box<dyn Send>>) -> Result<(), NetError> {
         if payload.len() > self.max_response_bytes {
             return Err(NetError::PayloadTooLarge {
                 what: "response",
@@ -220,7 +244,9 @@ impl ResponseHandle {
                 max: self.max_response_bytes,
             });
         }
-        self.tx.send(payload).map_err(|_| NetError::Stopped)
+        self.tx
+            .send(Answer { payload, hold })
+            .map_err(|_| NetError::Stopped)
     }
 }
 

@@ -92,11 +92,50 @@ enum LatestError {
 const RECENT_METRICS: usize = 10;
 
 /// Models read and answered at once. Each answer holds a whole model in
-/// memory (45 MB for ResNet-18) until the network takes it; without a
-/// bound, a member asking many times at once (up to its streams per
-/// connection) or many members catching up together would make this
-/// daemon hold a copy per request. The others wait their turn.
+/// memory (45 MB for ResNet-18) until it is written to the asker's stream;
+/// without a bound, a member asking many times at once (up to its streams
+/// per connection), reading slowly, or many members catching up together
+/// would make this daemon hold a copy per request. The others wait their
+/// turn; a turn held by an asker that stops reading ends with the request
+/// timeout at the latest. A member holds at most one turn at a time, so one
+/// that asks many times or reads slowly delays only its own answers.
 const MAX_MODEL_SERVES: usize = 2;
+
+/// A turn to answer a model request; held until dropped.
+type Turn = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// Turns to answer model requests: [`MAX_MODEL_SERVES`] in all, one per
+/// asking member.
+struct ModelServes {
+    all: Arc<tokio::sync::Semaphore>,
+    /// Indexed by `MemberId`.
+    per_member: Vec<Arc<tokio::sync::Semaphore>>,
+}
+
+impl ModelServes {
+    fn new(members: usize) -> Self {
+        Self {
+            all: Arc::new(tokio::sync::Semaphore::new(MAX_MODEL_SERVES)),
+            per_member: (0..members)
+                .map(|_| Arc::new(tokio::sync::Semaphore::new(1)))
+                .collect(),
+        }
+    }
+
+    /// Waits for `member`'s turn: its own first, then one of all turns.
+    fn turn(&self, member: MemberId) -> impl Future<Output = Option<Turn>> + Send + use<> {
+        let mine = self.per_member.get(member.index()).cloned();
+        let all = Arc::clone(&self.all);
+        async move {
+            let mine = mine?.acquire_owned().await.ok()?;
+            let any = all.acquire_owned().await.ok()?;
+            Some((mine, any))
+        }
+    }
+}
 
 /// What the driver is doing between rounds.
 enum Stage {
@@ -235,7 +274,7 @@ pub(super) struct Driver {
     internal_rx: Option<mpsc::Receiver<Internal>>,
     dirty: bool,
     /// Turns to answer a model request (see [`MAX_MODEL_SERVES`]).
-    model_serves: Arc<tokio::sync::Semaphore>,
+    model_serves: ModelServes,
     exit: bool,
     /// Rounds up to this number may start (see `NodeOptions::round_gate`).
     gate_open: u64,
@@ -297,6 +336,7 @@ impl Driver {
             blocking(move || store.privacy_spent()).await??
         };
         let protocol_roster = Arc::new(roster.roster.clone());
+        let members = protocol_roster.len();
         let announcement = Announcement::sign(
             &identity_key,
             &protocol_roster.digest(),
@@ -371,7 +411,7 @@ impl Driver {
             internal_tx,
             internal_rx: Some(internal_rx),
             dirty: true,
-            model_serves: Arc::new(tokio::sync::Semaphore::new(MAX_MODEL_SERVES)),
+            model_serves: ModelServes::new(members),
             exit: false,
             gate_open: if hooks.gate.is_some() { 0 } else { u64::MAX },
             gate: hooks.gate,
@@ -1326,16 +1366,18 @@ impl Driver {
             }
             Ok(Request::Model(hash)) => {
                 let store = Arc::clone(&self.store);
-                let serves = Arc::clone(&self.model_serves);
+                let turn = self.model_serves.turn(from);
                 tokio::spawn(async move {
-                    // Held until the answer is handed to the network.
-                    let Ok(_turn) = serves.acquire_owned().await else {
+                    // Held until the answer is written to the asker's
+                    // stream (or cannot be any more).
+                    let Some(turn) = turn.await else {
                         return;
                     };
                     let blob = tokio::task::spawn_blocking(move || store.model_blob(hash)).await;
                     match blob {
                         Ok(Ok(Some(blob))) => {
-                            if let Err(e) = reply.respond(wire::model_response(blob)) {
+                            if let Err(e) = reply.respond_holding(wire::model_response(blob), turn)
+                            {
                                 debug!(error = %e, "model not sent");
                             }
                         }
