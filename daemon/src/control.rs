@@ -28,6 +28,7 @@
 //!    "participants":["alpha","beta","st-mary"],"dropouts":[],"started_unix_ms":...,
 //!    "duration_ms":1530,"phases":[{"phase":"advertise-keys","ms":40}],"model":"<64 hex>"}],
 //!  "privacy_spent":{"epsilon":2.5,"delta":1e-5},"storage_dir":"/var/lib/primia",
+//!  "stored":{"models":20,"model_bytes":80000640,"database_bytes":1572864},
 //!  "started_unix_ms":...,"updated_unix_ms":...}
 //! ```
 //!
@@ -56,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, watch};
 
-use crate::store::{JournalEntry, MetricsEntry, ModelHash, PrivacySpent};
+use crate::store::{JournalEntry, MetricsEntry, ModelHash, PrivacySpent, StoreUsage};
 
 /// The socket's file name in the storage directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -158,6 +159,10 @@ pub struct StatusSnapshot {
     pub privacy_spent: PrivacySpent,
     /// The storage directory.
     pub storage_dir: String,
+    /// What the storage directory holds: models kept, their size, the
+    /// database's size. Zero in a document from a daemon that predates it.
+    #[serde(default)]
+    pub stored: StoreUsage,
     /// When the daemon started.
     pub started_unix_ms: u64,
     /// When this snapshot was last updated.

@@ -293,6 +293,19 @@ pub struct ModelMeta {
     pub size_bytes: u64,
 }
 
+/// What a store holds on disk, for the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreUsage {
+    /// Models stored (the newest `keep_models`, or all).
+    pub models: usize,
+    /// Their blobs' total size in bytes.
+    pub model_bytes: u64,
+    /// The database's size on disk in bytes: model metadata, the journal,
+    /// the reveal record, metrics.
+    pub database_bytes: u64,
+}
+
 /// How one attempt of a round ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case", deny_unknown_fields)]
@@ -938,6 +951,19 @@ impl Store {
         }
         out.sort_by_key(|(h, m)| (m.round, m.created_unix_ms, *h));
         Ok(out)
+    }
+
+    /// How many models the store holds and how much disk it uses.
+    pub fn usage(&self) -> Result<StoreUsage> {
+        let models = self.models()?;
+        Ok(StoreUsage {
+            models: models.len(),
+            model_bytes: models.iter().map(|(_, m)| m.size_bytes).sum(),
+            database_bytes: self
+                .db
+                .size_on_disk()
+                .map_err(db_err("cannot measure the database"))?,
+        })
     }
 
     // ----- round journal -----

@@ -13,6 +13,7 @@ use consortium_support::{
     read_store,
 };
 use primia_tests::{Consortium, Settings, slow_tests_enabled};
+use primiad::node::model::GlobalModel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_primiad");
 
@@ -64,6 +65,21 @@ fn consortium_agrees(settings: Settings, until_round: u64) {
         s["latest_model"]["parameter_count"],
         settings.parameters as u64
     );
+    // Past round `keep_models - 1`, the store holds as many models as it
+    // keeps, each a header and the parameters.
+    if target + 1 >= settings.keep_models as u64 {
+        assert_eq!(s["stored"]["models"], settings.keep_models as u64, "{s}");
+        let blob = GlobalModel {
+            round: 0,
+            params: vec![0.0; settings.parameters],
+        }
+        .encode();
+        assert_eq!(
+            s["stored"]["model_bytes"],
+            (settings.keep_models * blob.len()) as u64,
+            "{s}"
+        );
+    }
     let recent = s["recent_attempts"].as_array().unwrap();
     assert!(
         recent

@@ -12,7 +12,7 @@ use primiad::control::{
     query_status,
 };
 use primiad::store::{
-    AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, PhaseTiming, PrivacySpent,
+    AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, PhaseTiming, PrivacySpent, StoreUsage,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -91,6 +91,11 @@ fn snapshot(storage: &Path) -> StatusSnapshot {
             delta: 1e-5,
         },
         storage_dir: storage.display().to_string(),
+        stored: StoreUsage {
+            models: 3,
+            model_bytes: 12_000_000,
+            database_bytes: 1_572_864,
+        },
         started_unix_ms: 1_699_999_000_000,
         updated_unix_ms: 1_700_000_001_000,
     }
@@ -179,7 +184,7 @@ fn status_prints_summary_and_json_of_the_running_daemon() {
         "from round 11, 1000000 parameters, made 2023-11-14 22:13:20 UTC",
         "epsilon 2.5",
         "metrics     model of round 11 on local validation data: val_auc 0.9321, val_loss 0.2500",
-        &format!("storage     {d}"),
+        &format!("storage     {d} (3 models, 11.4 MiB; database 1.5 MiB)"),
         "round 12 attempt 0: failed: leader silent in share-keys, leader gamma, 0 participants, 1 dropouts, 30.0 s",
         "dropped: gamma",
         "round 11 attempt 0: completed, leader alpha, 3 participants, 0 dropouts, 1.5 s (advertise-keys 40 ms, unmask 310 ms)",
@@ -209,6 +214,8 @@ fn status_prints_summary_and_json_of_the_running_daemon() {
     assert_eq!(json["missing"][0], "gamma");
     assert_eq!(json["metrics"][0]["round"], 11);
     assert_eq!(json["metrics"][0]["values"]["val_auc"], 0.9321);
+    assert_eq!(json["stored"]["models"], 3);
+    assert_eq!(json["stored"]["model_bytes"], 12_000_000);
     let mut keys: Vec<&str> = json
         .as_object()
         .unwrap()
@@ -232,6 +239,7 @@ fn status_prints_summary_and_json_of_the_running_daemon() {
             "round",
             "started_unix_ms",
             "storage_dir",
+            "stored",
             "threshold",
             "updated_unix_ms",
             "version"

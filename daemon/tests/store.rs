@@ -351,6 +351,12 @@ fn pruning_keeps_the_newest_models_and_always_the_current_one() {
     let rounds =
         |s: &Store| -> Vec<u64> { s.models().unwrap().iter().map(|(_, m)| m.round).collect() };
     assert_eq!(rounds(&s), vec![8, 9, 10, 11]);
+    // The usage counts what is left.
+    let usage = s.usage().unwrap();
+    assert_eq!(usage.models, 4);
+    let kept_bytes: usize = (8..12).map(|r| blob(r).len()).sum();
+    assert_eq!(usage.model_bytes, kept_bytes as u64);
+    assert!(usage.database_bytes > 0);
     let mut want: Vec<String> = hashes[8..]
         .iter()
         .map(|h| format!("{}.blob", h.to_hex()))

@@ -80,6 +80,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bytes` in the largest binary unit that keeps a whole number in front.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// The human-readable summary of `s`, with ages relative to `now_ms`.
 pub fn render(s: &StatusSnapshot, now_ms: u64) -> String {
     let mut out = String::new();
@@ -160,7 +175,15 @@ pub fn render(s: &StatusSnapshot, now_ms: u64) -> String {
             let _ = writeln!(w, "metrics     none yet");
         }
     }
-    let _ = writeln!(w, "storage     {}", s.storage_dir);
+    let _ = writeln!(
+        w,
+        "storage     {} ({} model{}, {}; database {})",
+        s.storage_dir,
+        s.stored.models,
+        if s.stored.models == 1 { "" } else { "s" },
+        size(s.stored.model_bytes),
+        size(s.stored.database_bytes)
+    );
     let _ = writeln!(
         w,
         "up since    {} ({})",
@@ -269,5 +292,15 @@ mod tests {
         assert_eq!(ago(10, 5), "in the future");
         assert_eq!(ms(999), "999 ms");
         assert_eq!(ms(1500), "1.5 s");
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(45 << 20), "45.0 MiB");
+        assert_eq!(size(3 << 40), "3.0 TiB");
+        assert_eq!(size(u64::MAX), "16777216.0 TiB");
     }
 }

@@ -27,7 +27,7 @@ use crate::identity::NodeIdentity;
 use crate::net::{BulkRequest, NetEvent, NetworkClient, ResponseHandle};
 use crate::store::{
     AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, PrivacySpent,
-    Store, now_unix_ms,
+    Store, StoreUsage, now_unix_ms,
 };
 
 /// Journal entries kept in the status.
@@ -275,6 +275,8 @@ pub(super) struct Driver {
     dirty: bool,
     /// Turns to answer a model request (see [`MAX_MODEL_SERVES`]).
     model_serves: ModelServes,
+    /// What the store holds, as of the last commit.
+    stored: StoreUsage,
     exit: bool,
     /// Rounds up to this number may start (see `NodeOptions::round_gate`).
     gate_open: u64,
@@ -331,6 +333,10 @@ impl Driver {
             let store = Arc::clone(&store);
             blocking(move || store.metrics_history(RECENT_METRICS)).await??
         };
+        let stored = {
+            let store = Arc::clone(&store);
+            blocking(move || store.usage()).await??
+        };
         let privacy = {
             let store = Arc::clone(&store);
             blocking(move || store.privacy_spent()).await??
@@ -364,6 +370,7 @@ impl Driver {
             metrics: Vec::new(),
             privacy_spent: Default::default(),
             storage_dir: config.storage_dir.display().to_string(),
+            stored: stored.clone(),
             started_unix_ms,
             updated_unix_ms: started_unix_ms,
         };
@@ -412,6 +419,7 @@ impl Driver {
             internal_rx: Some(internal_rx),
             dirty: true,
             model_serves: ModelServes::new(members),
+            stored,
             exit: false,
             gate_open: if hooks.gate.is_some() { 0 } else { u64::MAX },
             gate: hooks.gate,
@@ -1167,13 +1175,14 @@ impl Driver {
             size_bytes: 0,
         };
         let keep = self.config.keep_models;
-        let (hash, pruned) = blocking(move || {
+        let (hash, pruned, usage) = blocking(move || {
             let hash = match &model {
                 Committed::Blob(blob) => store.commit_model(blob, meta)?,
                 Committed::Model(m) => store.commit_model_parts(&[&m.header(), &m.body()], meta)?,
             };
             // The model is committed whatever pruning does.
-            Ok::<_, crate::store::StoreError>((hash, keep.map(|k| store.prune_models(k))))
+            let pruned = keep.map(|k| store.prune_models(k));
+            Ok::<_, crate::store::StoreError>((hash, pruned, store.usage()))
         })
         .await?
         .with_context(|| format!("cannot store the model of round {round}"))?;
@@ -1181,6 +1190,10 @@ impl Driver {
             Some(Ok(0)) | None => {}
             Some(Ok(n)) => debug!(deleted = n, "old models pruned"),
             Some(Err(e)) => warn!(error = %e, "cannot prune old models"),
+        }
+        match usage {
+            Ok(u) => self.stored = u,
+            Err(e) => debug!(error = %e, "cannot measure the store"),
         }
         Ok(hash)
     }
@@ -1779,6 +1792,7 @@ impl Driver {
             metrics: self.metrics.iter().cloned().collect(),
             privacy_spent: self.privacy,
             storage_dir: self.config.storage_dir.display().to_string(),
+            stored: self.stored.clone(),
             started_unix_ms: self.started_unix_ms,
             updated_unix_ms: now_unix_ms(),
         };
