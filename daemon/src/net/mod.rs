@@ -236,6 +236,12 @@ impl ResponseHandle {
         self.answer(payload, Some(Box::new(hold)))
     }
 
+    /// Whether the request is gone (timed out, the peer left, or the event
+    /// loop stopped): an answer would be dropped, so it need not be made.
+    pub fn is_gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     fn answer(self, payload: Vec<u8>, hold: Option<Box<dyn Send>>) -> Result<(), NetError> {
         if payload.len() > self.max_response_bytes {
             return Err(NetError::PayloadTooLarge {

@@ -1386,6 +1386,10 @@ impl Driver {
                     let Some(turn) = turn.await else {
                         return;
                     };
+                    // Its turn may come after the asker gave up.
+                    if reply.is_gone() {
+                        return;
+                    }
                     let blob = tokio::task::spawn_blocking(move || store.model_blob(hash)).await;
                     match blob {
                         Ok(Ok(Some(blob))) => {
