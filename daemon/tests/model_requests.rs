@@ -14,7 +14,7 @@ use std::io;
 use std::time::Duration;
 
 use consortium_support::{WAIT, stock_swarm};
-use futures::{AsyncRead, AsyncWrite, StreamExt};
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
@@ -23,7 +23,7 @@ use primiad::identity::NodeIdentity;
 use primiad::net::codec::{BULK_PROTOCOL, BulkCodec, BulkRequest};
 use primiad::node::wire::{self, Request, Response};
 use primiad::store::ModelHash;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_primiad");
 
@@ -107,11 +107,14 @@ fn start(n: usize, stop: usize) -> Daemon {
     }
 }
 
-/// The bulk codec, except that it reads no response until `release` turns
-/// true: an asker that stops reading its streams.
+/// The bulk codec, except that it reads only the length of a response
+/// (and tells `started` whose answer has begun), then nothing more until
+/// `release` turns true: an asker that stops reading its streams.
 #[derive(Clone)]
 struct Stalling {
     inner: BulkCodec,
+    who: usize,
+    started: mpsc::UnboundedSender<usize>,
     release: watch::Receiver<bool>,
 }
 
@@ -127,13 +130,25 @@ impl request_response::Codec for Stalling {
         self.inner.read_request(p, io).await
     }
 
-    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
+        let mut prefix = [0u8; 4];
+        io.read_exact(&mut prefix).await?;
+        let _ = self.started.send(self.who);
         let mut release = self.release.clone();
         let _ = release.wait_for(|r| *r).await;
-        self.inner.read_response(p, io).await
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > 64 << 20 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response too long",
+            ));
+        }
+        let mut body = vec![0; len];
+        io.read_exact(&mut body).await?;
+        Ok(body)
     }
 
     async fn write_request<T>(
@@ -279,11 +294,13 @@ async fn askers_that_stop_reading_hold_one_turn_each() {
         ..
     } = start(5, 3);
     let (release, released) = watch::channel(false);
-    let keys: [_; 3] = keys.try_into().unwrap();
-    let mut askers = keys.map(|key| {
-        stock_swarm(key, |_| Askers {
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let mut askers: [_; 3] = std::array::from_fn(|who| {
+        stock_swarm(keys[who].clone(), |_| Askers {
             stalling: asking(Stalling {
                 inner: codec(),
+                who,
+                started: started_tx.clone(),
                 release: released.clone(),
             }),
             reading: asking(codec()),
@@ -318,36 +335,55 @@ async fn askers_that_stop_reading_hold_one_turn_each() {
         }
         who
     };
-    // Lets the daemon start the answers it will and block on the askers'
-    // flow-control windows; nothing may arrive meanwhile.
-    async fn quiet(askers: &mut [Swarm<Askers>; 3], secs: u64, while_: &str, logs: &str) {
-        if let Ok((who, e)) =
-            tokio::time::timeout(Duration::from_secs(secs), next_event(askers)).await
-        {
-            panic!("asker {who}: {} while {while_}\n{logs}", describe(&e));
+    /// Drives the askers until the daemon begins an answer to a stalling
+    /// asker, which must be `who`'s; nothing else may happen meanwhile.
+    async fn begun(
+        askers: &mut [Swarm<Askers>; 3],
+        started: &mut mpsc::UnboundedReceiver<usize>,
+        who: usize,
+        logs: &str,
+    ) {
+        tokio::select! {
+            s = started.recv() => assert_eq!(s, Some(who), "whose answer began"),
+            (w, e) = next_event(askers) => panic!("asker {w}: {}\n{logs}", describe(&e)),
+            _ = tokio::time::sleep(WAIT) => panic!("no answer to asker {who} began\n{logs}"),
+        }
+    }
+    /// Drives the askers for `secs`: no answer may come or begin.
+    async fn quiet(
+        askers: &mut [Swarm<Askers>; 3],
+        started: &mut mpsc::UnboundedReceiver<usize>,
+        secs: u64,
+        logs: &str,
+    ) {
+        tokio::select! {
+            s = started.recv() => panic!("an answer to asker {s:?} began\n{logs}"),
+            (w, e) = next_event(askers) => panic!("asker {w}: {}\n{logs}", describe(&e)),
+            _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
         }
     }
     const A: usize = 0;
     const B: usize = 1;
     const C: usize = 2;
 
-    // A asks three times and reads nothing: it holds one turn.
+    // A asks three times and reads nothing: the daemon begins one answer,
+    // which holds A's one turn.
     for _ in 0..3 {
         ask(&mut askers, A, true);
     }
-    quiet(&mut askers, 2, "A stalls", &c.logs()).await;
+    begun(&mut askers, &mut started, A, &c.logs()).await;
     // C is answered all the same, and A's own reading request waits.
     ask(&mut askers, A, false);
     ask(&mut askers, C, false);
-    let first = tokio::time::timeout(Duration::from_secs(15), next_event(&mut askers))
+    let first = tokio::time::timeout(WAIT, next_event(&mut askers))
         .await
         .unwrap_or_else(|_| panic!("C unanswered while A stalls\n{}", c.logs()));
     assert_eq!(check(first), C, "only C may be answered");
     // B stalls too: every turn is held, and C now waits as well.
     ask(&mut askers, B, true);
-    quiet(&mut askers, 2, "B stalls", &c.logs()).await;
+    begun(&mut askers, &mut started, B, &c.logs()).await;
     ask(&mut askers, C, false);
-    quiet(&mut askers, 3, "every turn is held", &c.logs()).await;
+    quiet(&mut askers, &mut started, 3, &c.logs()).await;
 
     // A and B read again: every answer comes (A 3 + 1, B 1, C 1), right.
     release.send_replace(true);
