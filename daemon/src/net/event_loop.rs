@@ -40,6 +40,11 @@ const MAX_LISTEN_WAITERS: usize = 64;
 /// Where the answer to an outbound request goes.
 type ReplyTo = (PeerId, oneshot::Sender<Result<Vec<u8>, NetError>>);
 
+/// Request timeouts after which what an answer holds is let go even if the
+/// swarm never said the answer ended (the stream's own timeout ends it
+/// after one): a turn can never be lost for good.
+const HOLD_AT_MOST: u32 = 2;
+
 type PendingResponse =
     BoxFuture<'static, (InboundRequestId, ResponseChannel<Vec<u8>>, Option<Answer>)>;
 
@@ -89,10 +94,11 @@ pub struct EventLoop {
     /// answer (capped; each ends by the request timeout at the latest).
     pending_responses: FuturesUnordered<PendingResponse>,
     /// What answers handed to the swarm hold until they are written out or
-    /// fail (see [`ResponseHandle::respond_holding`]). Bounded by the
-    /// streams the swarm has open: every entry ends with `ResponseSent` or
-    /// `InboundFailure`.
-    holding: HashMap<InboundRequestId, Box<dyn Send>>,
+    /// fail (see [`ResponseHandle::respond_holding`]), and since when.
+    /// Bounded by the streams the swarm has open: every entry ends with
+    /// `ResponseSent` or `InboundFailure`, or at the latest after
+    /// [`HOLD_AT_MOST`] request timeouts.
+    holding: HashMap<InboundRequestId, (Instant, Box<dyn Send>)>,
 
     /// The codec's shared counter of bad incoming frames.
     codec: BulkCodec,
@@ -283,6 +289,9 @@ impl EventLoop {
     /// looks up in the DHT those we have no working address for.
     fn maintain(&mut self, now_all: bool) {
         let now = Instant::now();
+        let hold_limit = self.request_timeout * HOLD_AT_MOST;
+        self.holding
+            .retain(|_, (since, _)| now.saturating_duration_since(*since) < hold_limit);
         let missing: Vec<PeerId> = self
             .roster
             .iter()
@@ -460,7 +469,7 @@ impl EventLoop {
                 {
                     debug!("response not sent: the request is gone");
                 } else if let Some(hold) = hold {
-                    self.holding.insert(id, hold);
+                    self.holding.insert(id, (Instant::now(), hold));
                 }
             }
             // The handle was dropped or not used in time: dropping the
