@@ -293,9 +293,9 @@ pub struct ModelMeta {
     pub size_bytes: u64,
 }
 
-/// What a store holds on disk, for the status.
+/// What a store holds on disk, for the status (never stored itself; like
+/// the status document, it may gain fields).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StoreUsage {
     /// Models stored (the newest `keep_models`, or all).
     pub models: usize,
