@@ -357,3 +357,15 @@ fn status_without_a_daemon_says_so_and_exits_3() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_document_with_fields_added_later_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = snapshot(dir.path());
+    let mut json = serde_json::to_value(&snap).unwrap();
+    json["uptime_reason"] = "added by a newer daemon".into();
+    json["stored"]["blob_files"] = 3.into();
+    json["latest_model"]["note"] = "also new".into();
+    let read: StatusSnapshot = serde_json::from_value(json).expect("fields may be added");
+    assert_eq!(read, snap);
+}
