@@ -396,7 +396,7 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
         Response::Model(blob) => {
             let mut out = Vec::with_capacity(blob.len() + MODEL_TRAILER_BYTES);
             out.extend_from_slice(blob);
-            (out, RESP_MODEL)
+            return model_response(out);
         }
         Response::NotFound => (Vec::with_capacity(2), RESP_NOT_FOUND),
         Response::Refused(reason) => {
@@ -608,6 +608,15 @@ mod tests {
         let mut bytes = encode_response(&Response::Model(b"blob"));
         bytes.truncate(bytes.len() - MODEL_TRAILER_BYTES);
         assert_eq!(bytes, b"blob");
+        // Made in place, it is the same answer.
+        assert_eq!(
+            model_response(b"blob".to_vec()),
+            encode_response(&Response::Model(b"blob"))
+        );
+        assert_eq!(
+            decode_response(&model_response(b"blob".to_vec())).unwrap(),
+            Response::Model(b"blob")
+        );
         let long = "é".repeat(400);
         match decode_response(&encode_response(&Response::Refused(&long))).unwrap() {
             Response::Refused(r) => assert!(r.len() <= MAX_REFUSAL_BYTES && !r.is_empty()),
