@@ -10,7 +10,7 @@ mod consortium_support;
 use std::future::Future;
 use std::time::Duration;
 
-use consortium_support::{WAIT, names, stock_swarm};
+use consortium_support::{WAIT, latest_model, names, stock_swarm};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -103,12 +103,7 @@ async fn a_stranger_cannot_connect_fetch_or_inject() {
         })
     });
     let before = c.status(0).unwrap();
-    let hash: ModelHash = before["latest_model"]["hash"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let round = before["latest_model"]["round"].as_u64().unwrap();
+    let (hash, round) = latest_model(&before);
 
     let key = Keypair::generate_ed25519();
     let topic = gossipsub::IdentTopic::new(format!("/primia/{}/control/1", c.consortium));

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
-use consortium_support::{WAIT, stock_swarm};
+use consortium_support::{WAIT, latest_model, stock_swarm};
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -86,13 +86,7 @@ fn start(n: usize, stop: usize) -> Daemon {
         let key_file = c.members[m].config.parent().unwrap().join("identity.key");
         keys.push(NodeIdentity::load(&key_file).unwrap().keypair().clone());
     }
-    let status = c.status(0).expect("m0's status");
-    let hash: ModelHash = status["latest_model"]["hash"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let round = status["latest_model"]["round"].as_u64().unwrap();
+    let (hash, round) = latest_model(&c.status(0).expect("m0's status"));
     let peer: PeerId = c.members[0].peer_id.parse().unwrap();
     let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", c.members[0].port)
         .parse()

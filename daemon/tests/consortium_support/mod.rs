@@ -12,6 +12,17 @@ use primia_crypto::{add_assign, fixed};
 use primiad::node::{GlobalModel, test_examples, test_vector};
 use primiad::store::{AttemptOutcome, ModelHash, Store};
 
+/// The latest model's hash and round in a `primiad status --json` document.
+pub fn latest_model(status: &serde_json::Value) -> (ModelHash, u64) {
+    let hash = status["latest_model"]["hash"]
+        .as_str()
+        .expect("a latest model")
+        .parse()
+        .expect("a model hash");
+    let round = status["latest_model"]["round"].as_u64().expect("its round");
+    (hash, round)
+}
+
 /// A stock libp2p swarm (TCP, Noise, yamux; connections idle for up to a
 /// minute) with `key` and the behaviour `make` builds from it.
 pub fn stock_swarm<B: libp2p::swarm::NetworkBehaviour>(
