@@ -66,6 +66,15 @@
 //! Every value read back is checked (size, hash, decoding); a corrupt
 //! record is an error naming the tree and key (or the blob's file), never a
 //! panic.
+//!
+//! The records that the status document shows ([`JournalEntry`] with its
+//! [`AttemptOutcome`] and [`PhaseTiming`]s, [`MetricsEntry`],
+//! [`PrivacySpent`]) accept fields they do not know, as the status document
+//! itself does: a field added to one of them later must not make an older
+//! `primiad status` refuse a newer daemon's answer. What guards the store
+//! against a layout it cannot read is the schema version, not the record
+//! types: a change that an older build must not read past bumps it.
+//! [`ModelMeta`], which never leaves the store, stays strict.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -308,7 +317,7 @@ pub struct StoreUsage {
 
 /// How one attempt of a round ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "status", rename_all = "kebab-case")]
 pub enum AttemptOutcome {
     /// The attempt produced the round's sum.
     Completed,
@@ -322,7 +331,6 @@ pub enum AttemptOutcome {
 
 /// Time spent in one phase of an attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PhaseTiming {
     /// The phase, e.g. `advertise-keys`.
     pub phase: String,
@@ -332,7 +340,6 @@ pub struct PhaseTiming {
 
 /// One entry of the round journal: one attempt of one round.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct JournalEntry {
     /// The round.
     pub round: u64,
@@ -359,7 +366,6 @@ pub struct JournalEntry {
 
 /// Metrics of one round (loss, accuracy, AUC, ...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MetricsEntry {
     /// The round.
     pub round: u64,
@@ -373,7 +379,6 @@ pub struct MetricsEntry {
 /// reported it (a total, not an increment: privacy loss does not simply
 /// add up under the accountants in use).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PrivacySpent {
     /// Epsilon spent.
     pub epsilon: f64,

@@ -366,6 +366,12 @@ fn a_document_with_fields_added_later_still_reads() {
     json["uptime_reason"] = "added by a newer daemon".into();
     json["stored"]["blob_files"] = 3.into();
     json["latest_model"]["note"] = "also new".into();
+    // The entries of the lists are the store's records; they too may grow.
+    json["recent_attempts"][0]["retries"] = 2.into();
+    json["recent_attempts"][0]["outcome"]["detail"] = "new".into();
+    json["recent_attempts"][1]["phases"][0]["cpu_ms"] = 12.into();
+    json["metrics"][0]["source"] = "validation".into();
+    json["privacy_spent"]["accountant"] = "rdp".into();
     let read: StatusSnapshot = serde_json::from_value(json).expect("fields may be added");
     assert_eq!(read, snap);
 }
