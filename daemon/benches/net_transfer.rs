@@ -1,9 +1,15 @@
 //! Loopback throughput of bulk request-response transfers between two
 //! members (TCP + Noise + yamux): the time to send 8 MB and 80 MB, as a
-//! masked vector or a model blob would travel.
+//! masked vector or a model blob would travel; and the cost of one small
+//! exchange, as each control message of a secure round makes.
 //!
 //! `cargo bench -p primiad --bench net_transfer`; one line per size:
-//! `net_transfer bytes=... best_ms=... median_ms=... mb_per_s=...`
+//! `net_transfer bytes=... best_ms=... median_ms=... mb_per_s=...`, then
+//! `net_transfer small_requests=... wall_us=... cpu_us=...`: wall time and
+//! CPU time (both members, all threads) per 200-byte request and its
+//! acknowledgement, each on a fresh substream as request-response opens
+//! one per request. The secure round sends about 45 such messages more
+//! than a plain one at 10 members.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +19,12 @@ use primiad::net::{NetConfig, NetEvent, Network};
 
 const SIZES: [usize; 2] = [8_000_000, 80_000_000];
 const RUNS: usize = 5;
+
+/// Small exchanges timed, one after another.
+const SMALL_REQUESTS: u32 = 2000;
+
+mod support;
+use support::process_cpu;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,6 +89,23 @@ async fn bench() {
             size as f64 / 1e6 / median.as_secs_f64()
         );
     }
+
+    let small = vec![0x5a_u8; 200];
+    let (cpu, start) = (process_cpu(), Instant::now());
+    for _ in 0..SMALL_REQUESTS {
+        let ack = b
+            .client
+            .request(roster[0], small.clone())
+            .await
+            .expect("small request");
+        assert_eq!(ack, (small.len() as u64).to_be_bytes());
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(SMALL_REQUESTS);
+    println!(
+        "net_transfer small_requests={SMALL_REQUESTS} wall_us={:.0} cpu_us={:.0}",
+        per(start.elapsed()),
+        per(process_cpu() - cpu)
+    );
 }
 
 fn ms(d: Duration) -> f64 {

@@ -67,6 +67,9 @@ use primiad::identity::NodeIdentity;
 use primiad::node::{NodeOptions, RoundReport, run_with};
 use tokio::sync::{mpsc, watch};
 
+mod support;
+use support::process_cpu;
+
 /// Phases of a secure round, then the commit after it, as columns.
 const COLUMNS: [&str; 7] = [
     "keys", "shares", "masked", "check", "unmask", "outcome", "commit",
@@ -78,17 +81,6 @@ struct Measured {
     /// the last member's report, commits included.
     cpu_ms: f64,
     phases: BTreeMap<&'static str, f64>,
-}
-
-/// CPU time this process has used so far, user and system, all threads.
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    assert_eq!(rc, 0, "getrusage");
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn free_port() -> u16 {
