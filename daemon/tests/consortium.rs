@@ -102,6 +102,13 @@ fn consortium_agrees(settings: Settings, until_round: u64) {
             c.logs()
         );
         assert_eq!(c.status_exit_code(i), Some(3), "status of a stopped daemon");
+        // Its log is plain text: stderr is a file, not a terminal.
+        let log = std::fs::read_to_string(&c.members[i].log).expect("a daemon log");
+        assert!(log.contains("new global model"), "{log}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "terminal escape codes in a log file: {log}"
+        );
     }
 
     let stored: Vec<_> = c

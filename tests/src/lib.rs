@@ -205,6 +205,9 @@ vector_len = {params}
                 "RUST_LOG",
                 std::env::var("PRIMIA_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // As a service would run it: no terminal, and no request for
+            // plain output beyond that.
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

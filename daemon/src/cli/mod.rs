@@ -52,8 +52,11 @@ pub enum Command {
     StoreTorture(store_torture::Args),
 }
 
-/// Logs go to stderr so that stdout carries only data.
+/// Logs go to stderr so that stdout carries only data. Colours only on a
+/// terminal, and not when `NO_COLOR` is set: a log file, a pipe or the
+/// journal of a service manager gets plain text.
 pub fn init_tracing(verbose: u8) {
+    use std::io::IsTerminal as _;
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -64,6 +67,7 @@ pub fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }
 
