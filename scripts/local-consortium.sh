@@ -10,7 +10,12 @@
 # ROUNDS: rounds to run, 0 (default) runs until Ctrl-C.
 # Environment: PRIMIA_PARAMS (test vector length, default 100000),
 # PRIMIA_KEEP=1 keeps the directory afterwards, RUST_LOG for the daemons'
-# logs (default info), CARGO_TARGET_DIR as for cargo.
+# logs (default info), CARGO_TARGET_DIR as for cargo, PRIMIA_BIN a primiad
+# binary to use instead of building one.
+#
+# When the daemons stop by themselves (after ROUNDS rounds), it prints each
+# one's exit status and latest model, and the last lines of the log of any
+# that failed.
 set -euo pipefail
 
 usage() {
@@ -26,10 +31,13 @@ rounds=${2:-0}
 params=${PRIMIA_PARAMS:-100000}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-echo "building primiad..." >&2
-cargo build --release -p primiad --bin primiad --manifest-path "$root/Cargo.toml" >&2
-target=${CARGO_TARGET_DIR:-$root/target}
-bin=$target/release/primiad
+if [[ -n ${PRIMIA_BIN:-} ]]; then
+    bin=$PRIMIA_BIN
+else
+    echo "building primiad..." >&2
+    cargo build --release -p primiad --bin primiad --manifest-path "$root/Cargo.toml" >&2
+    bin=${CARGO_TARGET_DIR:-$root/target}/release/primiad
+fi
 [[ -x $bin ]] || { echo "primiad not found at $bin" >&2; exit 1; }
 
 dir=$(mktemp -d -t primia-consortium.XXXXXX)
@@ -99,7 +107,15 @@ while true; do
     running=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=$((running + 1)); done
     if [[ $running -eq 0 ]]; then
-        echo "all daemons have stopped" >&2
+        echo "all daemons have stopped:" >&2
+        for ((i = 0; i < n; i++)); do
+            code=0
+            wait "${pids[$i]}" 2>/dev/null || code=$?
+            model=$(grep -o 'new global model model=[0-9a-f]*' "$dir/m$i/primiad.log" |
+                tail -n 1 | sed 's/.*model=//')
+            echo "  m$i  exit $code  latest model ${model:-none}" >&2
+            if [[ $code -ne 0 ]]; then tail -n 5 "$dir/m$i/primiad.log" | sed 's/^/      /' >&2; fi
+        done
         break
     fi
     clear 2>/dev/null || true
