@@ -111,9 +111,10 @@ while true; do
         for ((i = 0; i < n; i++)); do
             code=0
             wait "${pids[$i]}" 2>/dev/null || code=$?
+            # Empty when the daemon made no model (or logs below info).
             model=$(grep -o 'new global model model=[0-9a-f]*' "$dir/m$i/primiad.log" |
-                tail -n 1 | sed 's/.*model=//')
-            echo "  m$i  exit $code  latest model ${model:-none}" >&2
+                tail -n 1 | sed 's/.*model=//' || true)
+            echo "  m$i  exit $code  latest model ${model:-(none in its log)}" >&2
             if [[ $code -ne 0 ]]; then tail -n 5 "$dir/m$i/primiad.log" | sed 's/^/      /' >&2; fi
         done
         break
