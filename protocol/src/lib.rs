@@ -15,8 +15,9 @@
 //!   inputs and who they are). Time is an [`Instant`] value and randomness a
 //!   `rand_core::CryptoRng` passed in: no clock, no IO.
 //! - [`wire`]: the signed, versioned envelope and every [`wire::Payload`];
-//!   [`wire::decode`] is the only way bytes from the network become a
-//!   message.
+//!   [`wire::decode`], or [`wire::decode_in_place`] which leaves a bulk
+//!   message's vector in the envelope, is the only way bytes from the
+//!   network become a message.
 //!
 //! An attempt runs: advertise keys -> share keys -> masked input ->
 //! consistency check -> unmask -> outcome, with all messages going through

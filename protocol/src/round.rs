@@ -1164,14 +1164,14 @@ impl<R: CryptoRng> Round<R> {
                 what: "outcome has fewer participants than the threshold",
             });
         }
-        let got = decoded.vector_le().map_or(o.sum.0.len(), |le| le.len() / 8);
+        let got = decoded.vector_len().unwrap_or(o.sum.0.len());
         if got != self.config.vector_len {
             return Err(RejectReason::WrongVectorLength {
                 got,
                 expected: self.config.vector_len,
             });
         }
-        // Converted from the envelope as the signature's hash passes over it.
+        // Unpacked from the envelope once its signature holds.
         let sum = decoded
             .verify_vector(key)
             .map_err(|_| RejectReason::BadSignature)?;

@@ -17,8 +17,31 @@
 //! The signature covers every byte before it, so the version is bound too.
 //! The header binds each message to (roster digest, which covers the
 //! consortium id; round; attempt; sender) and the payload's enum variant
-//! binds it to its phase. Ring vectors travel as little-endian `u64` bytes
-//! (postcard's varints would make random-looking masked values 25% longer).
+//! binds it to its phase.
+//!
+//! # Vectors (pinned)
+//!
+//! A masked input's vector travels as little-endian `u64` bytes: its
+//! entries are uniform over the ring, so nothing shorter holds them
+//! (postcard's varints would make them 25% longer). An outcome's sum is
+//! not uniform: it is the sum of bounded fixed-point updates (see
+//! `primia_crypto::fixed`), whose entries, read as two's-complement
+//! integers, need far fewer than 64 bits. It travels packed:
+//!
+//! ```text
+//! sum    = count (varint) || width (u8, 1..=64) || byte string of
+//!          ceil(count * width / 8) bytes
+//! bytes  = the low `width` bits of each entry, entry 0 first, as one
+//!          little-endian bit stream; the unused high bits of the last
+//!          byte are zero
+//! ```
+//!
+//! An entry is read back by sign extension from `width` bits, so the sum
+//! arrives bit for bit; the sender picks the narrowest width that holds
+//! every entry. A sum of 10 members' test vectors (values in [-1, 1), up
+//! to 1000 examples each) needs 45 bits, 30 % off the outcome, the bulk
+//! message every member receives; one of real model updates, whose values
+//! are far smaller, needs fewer.
 //!
 //! # Limits
 //!
@@ -40,7 +63,7 @@ use crate::ProtocolError;
 use crate::roster::{MemberId, RosterDigest};
 
 /// The wire version this build speaks; the first byte of every envelope.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Largest ring vector (model parameters plus the example count): 2^24
 /// parameters, room for a ResNet-18 (11 M) with margin.
@@ -411,7 +434,9 @@ pub struct RevealedShare {
 pub struct OutcomeMessage {
     /// U3: whose inputs are in the sum, ascending.
     pub participants: Vec<MemberId>,
-    /// The sum of their inputs over the ring.
+    /// The sum of their inputs over the ring; packed on the wire (see
+    /// the module doc).
+    #[serde(with = "packed")]
     pub sum: RingVector,
 }
 
@@ -589,17 +614,31 @@ pub fn consistency_statement(header: &Header, survivors: &[MemberId]) -> Vec<u8>
 /// same bytes serde would produce, without its intermediate copy of the
 /// vector); every other kind goes through postcard.
 pub fn encode(identity: &IdentityKey, message: &Message) -> Result<Vec<u8>, ProtocolError> {
-    let (participants, vector) = match &message.payload {
-        Payload::MaskedInput(m) => (None, &m.vector.0),
-        Payload::Outcome(o) => (Some(&o.participants[..]), &o.sum.0),
-        _ => return encode_with_postcard(identity, message),
-    };
-    let kind = message.payload.kind();
-    let mut out = bulk_prefix(&message.header, kind, participants, vector.len())?;
-    for piece in vector.chunks(VECTOR_PIECE) {
-        put_le(&mut out, piece);
+    match &message.payload {
+        Payload::MaskedInput(m) => {
+            let vector = &m.vector.0;
+            let layout = Layout::Le { len: vector.len() };
+            let mut out = bulk_prefix(&message.header, MessageKind::MaskedInput, None, layout)?;
+            for piece in vector.chunks(VECTOR_PIECE) {
+                put_le(&mut out, piece);
+            }
+            sign_envelope(identity, out)
+        }
+        Payload::Outcome(o) => {
+            let sum = &o.sum.0;
+            let layout = Layout::Packed {
+                count: sum.len(),
+                width: packed::width(sum),
+            };
+            let participants = Some(&o.participants[..]);
+            let mut out = bulk_prefix(&message.header, MessageKind::Outcome, participants, layout)?;
+            if let Layout::Packed { width, .. } = layout {
+                packed::pack_into(&mut out, sum, width);
+            }
+            sign_envelope(identity, out)
+        }
+        _ => encode_with_postcard(identity, message),
     }
-    sign_envelope(identity, out)
 }
 
 /// Encodes and signs a [`MaskedInput`] of `len` entries whose vector is
@@ -617,7 +656,7 @@ pub fn encode_masked_input_with(
     len: usize,
     mut fill: impl FnMut(usize, &mut [Ring]),
 ) -> Result<Vec<u8>, ProtocolError> {
-    let mut out = bulk_prefix(header, MessageKind::MaskedInput, None, len)?;
+    let mut out = bulk_prefix(header, MessageKind::MaskedInput, None, Layout::Le { len })?;
     let mut scratch = zeroize::Zeroizing::new(vec![0; VECTOR_PIECE.min(len)]);
     let mut start = 0;
     while start < len {
@@ -633,14 +672,23 @@ pub fn encode_masked_input_with(
 /// a piece and its bytes stay in L1 cache.
 const VECTOR_PIECE: usize = 1024;
 
-/// Version, header, tag, participants (outcome only) and the vector's byte
-/// length: everything of a bulk envelope before its vector, in a buffer
-/// with room for the rest. Checks the kind's size limit first.
+/// How a bulk message's vector is laid out (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `len` little-endian `u64`s (a masked input).
+    Le { len: usize },
+    /// `count` entries of `width` bits (an outcome's sum).
+    Packed { count: usize, width: u32 },
+}
+
+/// Version, header, tag, participants (outcome only) and the vector's
+/// length fields: everything of a bulk envelope before the vector's bytes,
+/// in a buffer with room for the rest. Checks the kind's size limit first.
 fn bulk_prefix(
     header: &Header,
     kind: MessageKind,
     participants: Option<&[MemberId]>,
-    vector_len: usize,
+    layout: Layout,
 ) -> Result<Vec<u8>, ProtocolError> {
     let malformed = |e: postcard::Error| ProtocolError::Malformed {
         reason: e.to_string(),
@@ -652,7 +700,14 @@ fn bulk_prefix(
     if let Some(p) = participants {
         out = postcard::to_extend(p, out).map_err(malformed)?;
     }
-    let vector_bytes = vector_len.saturating_mul(8);
+    let (vector_len, vector_bytes) = match layout {
+        Layout::Le { len } => (len, len.saturating_mul(8)),
+        Layout::Packed { count, width } => {
+            out = postcard::to_extend(&count, out).map_err(malformed)?;
+            out = postcard::to_extend(&(width as u8), out).map_err(malformed)?;
+            (count, packed::byte_len(count, width))
+        }
+    };
     out = postcard::to_extend(&vector_bytes, out).map_err(malformed)?;
     let len = out
         .len()
@@ -716,7 +771,34 @@ pub struct Decoded<'a> {
     pub message: Message,
     signed: &'a [u8],
     signature: Signature,
-    vector_le: Option<&'a [u8]>,
+    vector: Option<InPlace<'a>>,
+}
+
+/// A bulk message's vector left in its envelope.
+#[derive(Clone, Copy, Debug)]
+enum InPlace<'a> {
+    /// A masked input's little-endian `u64`s.
+    Le(&'a [u8]),
+    /// An outcome's packed sum, its length and padding checked.
+    Packed {
+        bytes: &'a [u8],
+        count: usize,
+        width: u32,
+    },
+}
+
+impl InPlace<'_> {
+    /// The vector's entries.
+    fn to_ring(self) -> Vec<Ring> {
+        match self {
+            InPlace::Le(le) => ring_from_le(le),
+            InPlace::Packed {
+                bytes,
+                count,
+                width,
+            } => packed::unpack(bytes, count, width),
+        }
+    }
 }
 
 impl<'a> Decoded<'a> {
@@ -735,10 +817,23 @@ impl<'a> Decoded<'a> {
             })
     }
 
-    /// The vector of a bulk message left in the envelope by
+    /// The vector of a masked input left in the envelope by
     /// [`decode_in_place`]: little-endian `u64`s, a whole number of them.
+    /// (An outcome's sum is packed: see [`Decoded::vector_len`].)
     pub fn vector_le(&self) -> Option<&'a [u8]> {
-        self.vector_le
+        match self.vector {
+            Some(InPlace::Le(le)) => Some(le),
+            _ => None,
+        }
+    }
+
+    /// The number of entries of a bulk message's vector left in the
+    /// envelope by [`decode_in_place`], whichever its layout.
+    pub fn vector_len(&self) -> Option<usize> {
+        self.vector.map(|v| match v {
+            InPlace::Le(le) => le.len() / 8,
+            InPlace::Packed { count, .. } => count,
+        })
     }
 
     /// Checks the signature and takes the vector of a bulk message out of
@@ -752,14 +847,24 @@ impl<'a> Decoded<'a> {
     ) -> Result<Vec<Ring>, ProtocolError> {
         let bad = |sender: u16| ProtocolError::BadSignature { sender };
         let sender = self.message.header.sender.0;
-        let Some(le) = self.vector_le else {
-            self.verify(sender_identity)?;
-            return Ok(self
-                .message
-                .payload
-                .vector_mut()
-                .map(|v| std::mem::take(&mut v.0))
-                .unwrap_or_default());
+        let le = match self.vector {
+            Some(InPlace::Le(le)) => le,
+            Some(packed @ InPlace::Packed { .. }) => {
+                // Packed entries do not line up with the hash's progress in
+                // whole bytes; the sum is a fraction of a masked input's
+                // size, so it is read twice: hashed, then unpacked.
+                self.verify(sender_identity)?;
+                return Ok(packed.to_ring());
+            }
+            None => {
+                self.verify(sender_identity)?;
+                return Ok(self
+                    .message
+                    .payload
+                    .vector_mut()
+                    .map(|v| std::mem::take(&mut v.0))
+                    .unwrap_or_default());
+            }
         };
         let start = self.signed.len() - le.len();
         let mut out = Vec::with_capacity(le.len() / 8);
@@ -797,7 +902,7 @@ impl<'a> Decoded<'a> {
         sender_identity: &PublicIdentity,
         sum: &mut [Ring],
     ) -> Result<(), ProtocolError> {
-        let Some(le) = self.vector_le.filter(|le| le.len() == sum.len() * 8) else {
+        let Some(le) = self.vector_le().filter(|le| le.len() == sum.len() * 8) else {
             return Err(ProtocolError::Malformed {
                 reason: "no in-place vector of the sum's length".into(),
             });
@@ -828,18 +933,22 @@ impl<'a> Decoded<'a> {
 }
 
 /// Parses an envelope: size, version, body and trailing bytes are checked;
-/// the signature is not (see [`Decoded::verify`]). Never panics, and never
-/// allocates more than a small multiple of `bytes.len()`.
+/// the signature is not (see [`Decoded::verify`]). Never panics. It
+/// allocates at most a small multiple of `bytes.len()`, except for the sum
+/// of an outcome, which it unpacks: up to 64 times its packed bytes (one
+/// bit per entry), and never more than [`MAX_VECTOR_LEN`] entries.
+/// Untrusted bytes whose vector is not wanted, or wanted only once the
+/// signature holds, go through [`decode_in_place`].
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
     let mut d = decode_in_place(bytes)?;
-    if let (Some(le), Some(v)) = (d.vector_le.take(), d.message.payload.vector_mut()) {
-        *v = RingVector(ring_from_le(le));
+    if let (Some(in_place), Some(v)) = (d.vector.take(), d.message.payload.vector_mut()) {
+        *v = RingVector(in_place.to_ring());
     }
     Ok(d)
 }
 
 /// [`decode`], except that the vector of a bulk message (masked input or
-/// outcome) stays in `bytes` ([`Decoded::vector_le`]): the leader adds a
+/// outcome) stays in `bytes` ([`Decoded::vector_len`]): the leader adds a
 /// masked input to its running sum from there, and a member converts an
 /// outcome while checking its signature, instead of first allocating and
 /// filling a copy of megabytes. Accepts and rejects exactly what [`decode`]
@@ -883,23 +992,41 @@ pub fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
         }
     }
     if let Some(bulk @ (MessageKind::MaskedInput | MessageKind::Outcome)) = kind {
-        // An outcome starts with its participants; then, for both, the
-        // vector is the last field: a byte-string length and the bytes.
-        let (participants, rest) = if bulk == MessageKind::Outcome {
+        // An outcome starts with its participants and its sum's count and
+        // width; then, for both, the vector is the last field: a
+        // byte-string length and the bytes.
+        let (participants, packing, rest) = if bulk == MessageKind::Outcome {
             let (p, rest) = postcard::take_from_bytes::<Vec<MemberId>>(rest).map_err(malformed)?;
-            (Some(p), rest)
+            let (count, rest) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
+            let (width, rest) = postcard::take_from_bytes::<u8>(rest).map_err(malformed)?;
+            (Some(p), Some((count, u32::from(width))), rest)
         } else {
-            (None, rest)
+            (None, None, rest)
         };
         let (byte_len, rest) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
         if byte_len > rest.len() {
             return Err(malformed(postcard::Error::DeserializeUnexpectedEnd));
         }
-        check_vector_bytes(byte_len).map_err(|reason| ProtocolError::Malformed { reason })?;
         let (vector, rest) = rest.split_at(byte_len);
         if !rest.is_empty() {
             return Err(ProtocolError::TrailingBytes { count: rest.len() });
         }
+        let vector = match packing {
+            Some((count, width)) => {
+                packed::check(vector, count, width)
+                    .map_err(|reason| ProtocolError::Malformed { reason })?;
+                InPlace::Packed {
+                    bytes: vector,
+                    count,
+                    width,
+                }
+            }
+            None => {
+                check_vector_bytes(byte_len)
+                    .map_err(|reason| ProtocolError::Malformed { reason })?;
+                InPlace::Le(vector)
+            }
+        };
         let payload = match participants {
             Some(participants) => Payload::Outcome(OutcomeMessage {
                 participants,
@@ -913,7 +1040,7 @@ pub fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
             message: Message { header, payload },
             signed,
             signature,
-            vector_le: Some(vector),
+            vector: Some(vector),
         });
     }
     let (message, rest) = postcard::take_from_bytes::<Message>(body).map_err(malformed)?;
@@ -924,7 +1051,7 @@ pub fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
         message,
         signed,
         signature,
-        vector_le: None,
+        vector: None,
     })
 }
 
@@ -979,6 +1106,148 @@ fn add_le_assign(acc: &mut [Ring], le: &[u8]) {
     );
     for (a, c) in acc.iter_mut().zip(le.chunks_exact(8)) {
         *a = a.wrapping_add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+    }
+}
+
+/// The packed layout of an outcome's sum (see the module doc), and its
+/// serde form for [`OutcomeMessage::sum`].
+mod packed {
+    use super::*;
+
+    /// The narrowest width that holds every entry of `v` read as a
+    /// two's-complement integer (1 for an empty or all-zero vector).
+    pub(super) fn width(v: &[Ring]) -> u32 {
+        // An entry's magnitude bits: its own for a non-negative one, those
+        // of its complement for a negative one; one more for the sign.
+        let bits = v
+            .iter()
+            .fold(0u64, |acc, &x| acc | (x ^ ((x as i64 >> 63) as u64)));
+        (64 - bits.leading_zeros() + 1).min(64)
+    }
+
+    /// Bytes of `count` entries of `width` bits (saturating: a count that
+    /// large is refused anyway).
+    pub(super) fn byte_len(count: usize, width: u32) -> usize {
+        count.saturating_mul(width as usize).div_ceil(8)
+    }
+
+    /// Appends the low `width` bits of each entry of `v` as one
+    /// little-endian bit stream, [`byte_len`] bytes in all.
+    pub(super) fn pack_into(out: &mut Vec<u8>, v: &[Ring], width: u32) {
+        debug_assert!((1..=64).contains(&width));
+        let mask = u64::MAX >> (64 - width);
+        let start = out.len();
+        out.reserve(byte_len(v.len(), width));
+        let (mut acc, mut bits) = (0u128, 0u32);
+        for &x in v {
+            acc |= u128::from(x & mask) << bits;
+            bits += width;
+            if bits >= 64 {
+                out.extend_from_slice(&(acc as u64).to_le_bytes());
+                acc >>= 64;
+                bits -= 64;
+            }
+        }
+        out.extend_from_slice(&(acc as u64).to_le_bytes()[..bits.div_ceil(8) as usize]);
+        debug_assert_eq!(out.len() - start, byte_len(v.len(), width));
+    }
+
+    /// Why `bytes` are not `count` entries of `width` bits, if they are
+    /// not: the width, the count, the length and the padding bits (zero,
+    /// so that a sum has one encoding per width) are checked.
+    pub(super) fn check(bytes: &[u8], count: usize, width: u32) -> Result<(), String> {
+        if !(1..=64).contains(&width) {
+            return Err(format!("packed sum of width {width}, not 1 to 64 bits"));
+        }
+        if count > MAX_VECTOR_LEN {
+            return Err(format!(
+                "packed sum of {count} entries exceeds the limit of {MAX_VECTOR_LEN}"
+            ));
+        }
+        if bytes.len() != byte_len(count, width) {
+            return Err(format!(
+                "packed sum of {count} entries of {width} bits in {} bytes, not {}",
+                bytes.len(),
+                byte_len(count, width)
+            ));
+        }
+        let used = (count * width as usize) % 8;
+        if used != 0 && bytes.last().is_some_and(|last| last >> used != 0) {
+            return Err("packed sum with padding bits set".into());
+        }
+        Ok(())
+    }
+
+    /// The entries of a packed sum that [`check`] accepted, each sign
+    /// extended from `width` bits.
+    pub(super) fn unpack(bytes: &[u8], count: usize, width: u32) -> Vec<Ring> {
+        let (w, shift) = (width as usize, 64 - width);
+        // Up to 57 bits an entry and its offset within its first byte fit
+        // one 64-bit word: every entry whose 8 bytes from there lie in the
+        // buffer is one unaligned load and two shifts.
+        let fast = if width <= 57 {
+            count.min((bytes.len().saturating_sub(7) * 8).div_ceil(w))
+        } else {
+            0
+        };
+        let mut out = Vec::with_capacity(count);
+        out.extend((0..fast).map(|i| {
+            let off = i * w;
+            let word: [u8; 8] = bytes[off / 8..off / 8 + 8].try_into().expect("8 bytes");
+            let raw = u64::from_le_bytes(word) >> (off % 8);
+            ((raw << shift) as i64 >> shift) as u64
+        }));
+        // The last few entries, or every entry of a wider sum: from up to
+        // 16 bytes, zero beyond the end.
+        out.extend((fast..count).map(|i| {
+            let off = i * w;
+            let rest = bytes.get(off / 8..).unwrap_or_default();
+            let mut word = [0u8; 16];
+            let n = rest.len().min(16);
+            word[..n].copy_from_slice(&rest[..n]);
+            let raw = (u128::from_le_bytes(word) >> (off % 8)) as u64;
+            ((raw << shift) as i64 >> shift) as u64
+        }));
+        out
+    }
+
+    /// `(count, width, bytes)`: the same bytes as the bulk encoder writes.
+    pub(super) fn serialize<S: Serializer>(v: &RingVector, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        struct Packed<'a>(&'a [Ring], u32);
+        impl Serialize for Packed<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut bytes = Vec::new();
+                pack_into(&mut bytes, self.0, self.1);
+                s.serialize_bytes(&bytes)
+            }
+        }
+        let width = width(&v.0);
+        let mut t = s.serialize_tuple(3)?;
+        t.serialize_element(&v.0.len())?;
+        t.serialize_element(&(width as u8))?;
+        t.serialize_element(&Packed(&v.0, width))?;
+        t.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RingVector, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RingVector;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a packed sum: count, width and bytes")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RingVector, A::Error> {
+                let missing = || de::Error::custom("packed sum is incomplete");
+                let count: usize = seq.next_element()?.ok_or_else(missing)?;
+                let width: u8 = seq.next_element()?.ok_or_else(missing)?;
+                let bytes: Bytes = seq.next_element()?.ok_or_else(missing)?;
+                let width = u32::from(width);
+                check(&bytes.0, count, width).map_err(de::Error::custom)?;
+                Ok(RingVector(unpack(&bytes.0, count, width)))
+            }
+        }
+        d.deserialize_tuple(3, V)
     }
 }
 
@@ -1049,8 +1318,8 @@ mod tests {
             let reference = reference_decode(&b);
             let full = decode(&b).ok().map(|d| d.message);
             let in_place = decode_in_place(&b).ok().map(|mut d| {
-                if let (Some(le), Some(v)) = (d.vector_le(), d.message.payload.vector_mut()) {
-                    *v = RingVector(ring_from_le(le));
+                if let (Some(in_place), Some(v)) = (d.vector, d.message.payload.vector_mut()) {
+                    *v = RingVector(in_place.to_ring());
                 }
                 d.message
             });
@@ -1208,7 +1477,8 @@ mod tests {
         };
         let bytes = encode(&key(), &message).unwrap();
         let mut lazy = decode_in_place(&bytes).unwrap();
-        assert_eq!(lazy.vector_le().unwrap().len(), v.len() * 8);
+        assert_eq!(lazy.vector_len(), Some(v.len()));
+        assert!(lazy.vector_le().is_none(), "an outcome's sum is packed");
         assert_eq!(lazy.verify_vector(&key().public()).unwrap(), v);
         let Payload::Outcome(o) = &lazy.message.payload else {
             panic!("an outcome")
@@ -1236,6 +1506,124 @@ mod tests {
             }),
         };
         check_decoders_agree(&encode(&key(), &small).unwrap());
+    }
+
+    /// Entries at both ends of what `width` bits hold, and between.
+    fn spanning(width: u32) -> Vec<Ring> {
+        let max = if width == 1 {
+            0
+        } else {
+            (u64::MAX >> (65 - width)) as i64
+        };
+        let min = -max - 1;
+        let mut v = vec![max as u64, min as u64, 0, u64::MAX, 1];
+        v.extend((0..37u64).map(|i| {
+            let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) as i64;
+            (if width == 64 {
+                x
+            } else {
+                x.rem_euclid(max + 1) - (max + 1) / 2
+            }) as u64
+        }));
+        v.truncate(if width == 1 { 4 } else { v.len() });
+        v
+    }
+
+    fn outcome(sum: Vec<Ring>) -> Message {
+        Message {
+            header: header(),
+            payload: Payload::Outcome(OutcomeMessage {
+                participants: vec![MemberId(0), MemberId(4), MemberId(9)],
+                sum: RingVector(sum),
+            }),
+        }
+    }
+
+    #[test]
+    fn packed_sums_come_back_bit_for_bit_at_every_width() {
+        for width in 1..=64 {
+            let v = spanning(width);
+            assert_eq!(packed::width(&v), width, "entries {v:?}");
+            let message = outcome(v.clone());
+            let bytes = encode(&key(), &message).unwrap();
+            assert_eq!(bytes, via_postcard(&message), "width {width}");
+            let mut lazy = decode_in_place(&bytes).unwrap();
+            assert_eq!(lazy.vector_len(), Some(v.len()));
+            assert_eq!(lazy.verify_vector(&key().public()).unwrap(), v);
+            assert_eq!(decode(&bytes).unwrap().message, message);
+            // The vector takes ceil(len * width / 8) bytes, not 8 per entry
+            // (the length prefix may be a byte shorter too).
+            let full = encode(&key(), &outcome(vec![u64::MAX >> 1; v.len()])).unwrap();
+            let saved = v.len() * 8 - (v.len() * width as usize).div_ceil(8);
+            let diff = full.len() - bytes.len();
+            assert!(diff == saved || diff == saved + 1, "width {width}: {diff}");
+        }
+        assert_eq!(packed::width(&[]), 1);
+        check_decoders_agree(&encode(&key(), &outcome(spanning(13))).unwrap());
+    }
+
+    /// A sum of fixed-point updates of values in [-1, 1) by 10 members of
+    /// up to 1000 examples each (the round bench's test vectors) needs
+    /// 45 bits, not 64.
+    #[test]
+    fn fixed_point_sums_pack_to_what_their_bound_needs() {
+        let mut sum = vec![0u64; 1001];
+        let mut x = Vec::new();
+        for _member in 0..10 {
+            let delta: Vec<f32> = (0..1000)
+                .map(|i| if i % 2 == 0 { 0.999_999 } else { -1.0 })
+                .collect();
+            primia_crypto::fixed::encode_update(1000, &delta, &mut x).unwrap();
+            primia_crypto::add_assign(&mut sum, &x);
+        }
+        assert_eq!(packed::width(&sum), 45);
+    }
+
+    #[test]
+    fn malformed_packed_sums_are_refused() {
+        let v = spanning(13);
+        let bytes = encode(&key(), &outcome(v.clone())).unwrap();
+        let n = v.len();
+        let packed_bytes = (n * 13).div_ceil(8);
+        assert!(
+            packed::check(&[0; 3], 2, 0)
+                .unwrap_err()
+                .contains("width 0")
+        );
+        assert!(
+            packed::check(&[0; 3], 2, 65)
+                .unwrap_err()
+                .contains("width 65")
+        );
+        assert!(
+            packed::check(&[0; 3], 2, 13)
+                .unwrap_err()
+                .contains("in 3 bytes, not 4")
+        );
+        assert!(packed::check(&[], MAX_VECTOR_LEN + 1, 1).is_err());
+        // 2 entries of 13 bits leave 6 bits of the fourth byte unused.
+        assert!(packed::check(&[0, 0, 0, 0x03], 2, 13).is_ok());
+        assert!(
+            packed::check(&[0, 0, 0, 0x04], 2, 13)
+                .unwrap_err()
+                .contains("padding")
+        );
+        // In an envelope: the last vector byte is just before the signature.
+        let last = bytes.len() - SIGNATURE_BYTES - 1;
+        assert_ne!(n * 13 % 8, 0, "the test needs padding bits");
+        let mut padded = bytes.clone();
+        padded[last] |= 0x80;
+        assert!(matches!(
+            decode_in_place(&padded),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        assert!(decode(&padded).is_err());
+        let mut wide = bytes.clone();
+        let width_at = last + 1 - packed_bytes - 2;
+        assert_eq!(wide[width_at], 13);
+        wide[width_at] = 65;
+        assert!(decode_in_place(&wide).is_err());
+        check_decoders_agree(&bytes);
     }
 
     #[test]

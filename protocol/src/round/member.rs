@@ -133,7 +133,9 @@ pub(crate) fn parse_advert(
     binding: Binding,
     bytes: &[u8],
 ) -> Result<(MemberId, PeerKeys), String> {
-    let d = wire::decode(bytes).map_err(|e| e.to_string())?;
+    // In place: an advert has no vector, and an envelope of another kind
+    // relayed as one must not make this member unpack a sum.
+    let d = wire::decode_in_place(bytes).map_err(|e| e.to_string())?;
     let h = d.message.header;
     if h.roster != binding.roster || h.round != binding.round || h.attempt != binding.attempt {
         return Err("bound to another roster, round or attempt".into());
