@@ -625,16 +625,14 @@ pub fn encode(identity: &IdentityKey, message: &Message) -> Result<Vec<u8>, Prot
             sign_envelope(identity, out)
         }
         Payload::Outcome(o) => {
-            let sum = &o.sum.0;
+            let (sum, width) = (&o.sum.0, packed::width(&o.sum.0));
             let layout = Layout::Packed {
                 count: sum.len(),
-                width: packed::width(sum),
+                width,
             };
             let participants = Some(&o.participants[..]);
             let mut out = bulk_prefix(&message.header, MessageKind::Outcome, participants, layout)?;
-            if let Layout::Packed { width, .. } = layout {
-                packed::pack_into(&mut out, sum, width);
-            }
+            packed::pack_into(&mut out, sum, width);
             sign_envelope(identity, out)
         }
         _ => encode_with_postcard(identity, message),
@@ -837,10 +835,11 @@ impl<'a> Decoded<'a> {
     }
 
     /// Checks the signature and takes the vector of a bulk message out of
-    /// it. Decoded in place, the vector is converted from the envelope
-    /// piece by piece as the signature's hash passes over it (one read of
-    /// the bytes, not two); otherwise it is moved out of the payload. On a
-    /// bad signature nothing is returned.
+    /// it. Decoded in place, a masked input's vector is converted from the
+    /// envelope piece by piece as the signature's hash passes over it (one
+    /// read of the bytes, not two) and an outcome's packed sum is unpacked
+    /// after the check; otherwise the vector is moved out of the payload.
+    /// On a bad signature nothing is returned.
     pub fn verify_vector(
         &mut self,
         sender_identity: &PublicIdentity,
@@ -949,9 +948,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
 
 /// [`decode`], except that the vector of a bulk message (masked input or
 /// outcome) stays in `bytes` ([`Decoded::vector_len`]): the leader adds a
-/// masked input to its running sum from there, and a member converts an
-/// outcome while checking its signature, instead of first allocating and
-/// filling a copy of megabytes. Accepts and rejects exactly what [`decode`]
+/// masked input to its running sum from there while checking its
+/// signature, and a member unpacks an outcome only once its signature
+/// holds, instead of first allocating and filling a copy of megabytes. Accepts and rejects exactly what [`decode`]
 /// does.
 pub fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, ProtocolError> {
     if bytes.len() > MAX_BULK_MESSAGE_BYTES {
