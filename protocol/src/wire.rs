@@ -1213,19 +1213,13 @@ mod packed {
     /// `(count, width, bytes)`: the same bytes as the bulk encoder writes.
     pub(super) fn serialize<S: Serializer>(v: &RingVector, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple as _;
-        struct Packed<'a>(&'a [Ring], u32);
-        impl Serialize for Packed<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut bytes = Vec::new();
-                pack_into(&mut bytes, self.0, self.1);
-                s.serialize_bytes(&bytes)
-            }
-        }
         let width = width(&v.0);
+        let mut packed = Bytes::default();
+        pack_into(&mut packed.0, &v.0, width);
         let mut t = s.serialize_tuple(3)?;
         t.serialize_element(&v.0.len())?;
         t.serialize_element(&(width as u8))?;
-        t.serialize_element(&Packed(&v.0, width))?;
+        t.serialize_element(&packed)?;
         t.end()
     }
 
