@@ -1,7 +1,11 @@
 //! Benchmarks of the round's hot primitives: mask expansion, Shamir, agreement.
 //!
 //! `cargo bench -p primia-crypto --bench prg`. Throughput of the mask PRG is
-//! reported in bytes of mask per second (8 bytes per ring element).
+//! reported in bytes of mask per second (8 bytes per ring element). The
+//! `add_mask` rows name the keystream implementation this CPU runs; the
+//! `blake3 xof (v1)` row is the PRG of version 1 (a keyed blake3 XOF, fused
+//! through an 8 KiB buffer), kept here as the yardstick that version 2's
+//! AES-128 counter mode replaced.
 
 use std::hint::black_box;
 
@@ -12,14 +16,31 @@ use primia_crypto::{
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+/// Version 1 of the mask PRG: a keyed blake3 XOF added in 8 KiB pieces.
+fn blake3_xof_add(key: &[u8; 32], out: &mut [u64]) {
+    let mut xof = blake3::Hasher::new_keyed(key).finalize_xof();
+    let mut buf = [0u8; 8192];
+    for chunk in out.chunks_mut(1024) {
+        let bytes = &mut buf[..chunk.len() * 8];
+        xof.fill(bytes);
+        for (o, w) in chunk.iter_mut().zip(bytes.chunks_exact(8)) {
+            *o = o.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()));
+        }
+    }
+}
+
 fn bench_mask(c: &mut Criterion) {
     let seed = Secret32::from_bytes([7; 32]);
     let mut group = c.benchmark_group("prg");
+    let add_mask = format!("add_mask {}", prg::implementation());
     for len in [1_000_000usize, 100_000] {
         let mut v = vec![0u64; len];
         group.throughput(Throughput::Bytes(8 * len as u64));
-        group.bench_with_input(BenchmarkId::new("add_mask", len), &len, |b, _| {
+        group.bench_with_input(BenchmarkId::new(&add_mask, len), &len, |b, _| {
             b.iter(|| prg::add_mask(black_box(&seed), black_box(&mut v)))
+        });
+        group.bench_with_input(BenchmarkId::new("blake3 xof (v1)", len), &len, |b, _| {
+            b.iter(|| blake3_xof_add(black_box(&[7; 32]), black_box(&mut v)))
         });
         group.bench_with_input(BenchmarkId::new("sub_mask", len), &len, |b, _| {
             b.iter(|| prg::sub_mask(black_box(&seed), black_box(&mut v)))

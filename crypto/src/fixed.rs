@@ -90,20 +90,33 @@ pub fn encode_update(n_examples: u32, delta: &[f32], out: &mut Vec<Ring>) -> Res
             max: MAX_EXAMPLES,
         });
     }
+    // One pass that the compiler vectorises decides; the index is looked
+    // for only on failure.
+    if !delta.iter().fold(true, |ok, d| ok & d.is_finite()) {
+        let index = delta.iter().position(|d| !d.is_finite()).unwrap_or(0);
+        return Err(CryptoError::NonFinite { index });
+    }
     out.reserve(delta.len() + 1);
     let weight = f64::from(n_examples) * SCALE;
-    for (index, &d) in delta.iter().enumerate() {
-        if !d.is_finite() {
-            out.clear();
-            return Err(CryptoError::NonFinite { index });
-        }
-        let clipped = f64::from(d.clamp(-CLIP, CLIP));
+    out.extend(delta.iter().map(|&d| {
         // Exact product (see the const assertion), then one rounding.
-        let v = (weight * clipped).round() as i64;
-        out.push(v as u64);
-    }
+        round_half_away(weight * f64::from(d.clamp(-CLIP, CLIP))) as u64
+    }));
     out.push(u64::from(n_examples));
     Ok(())
+}
+
+/// `x.round() as i64`, bit for bit, for `|x| <= 2^53`, without the call
+/// into libm that `f64::round` makes on baseline x86-64 (it has no
+/// rounding instruction before SSE4.1): truncate, then step away from zero
+/// when the exact remainder is at least one half. This is the hot loop of
+/// encoding an update; it runs about twice as fast this way.
+#[inline(always)]
+fn round_half_away(x: f64) -> i64 {
+    let t = x as i64;
+    // Exact: |x| <= 2^53, so t is exact in f64 and x - t lies in (-1, 1).
+    let rem = x - t as f64;
+    t + i64::from(rem >= 0.5) - i64::from(rem <= -0.5)
 }
 
 /// A decoded sum of member inputs.
@@ -207,6 +220,36 @@ mod tests {
             add_assign(&mut acc, x);
         }
         acc
+    }
+
+    /// The fast rounding is `f64::round` bit for bit: at and beside every
+    /// tie, at the extremes of the encoding and on a spread of values.
+    #[test]
+    fn rounding_matches_f64_round() {
+        let extreme = (u64::from(MAX_EXAMPLES) * CLIP_FIXED) as f64;
+        let mut xs = vec![
+            0.0,
+            -0.0,
+            extreme,
+            -extreme,
+            extreme - 0.5,
+            0.49999999999999994,
+        ];
+        for k in -1000i64..=1000 {
+            let tie = k as f64 + 0.5;
+            xs.extend([tie, tie.next_up(), tie.next_down(), k as f64]);
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..100_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+            xs.push((unit * 2.0 - 1.0) * extreme / 2f64.powi((state % 50) as i32));
+        }
+        for x in xs {
+            assert_eq!(round_half_away(x), x.round() as i64, "{x:e}");
+        }
     }
 
     #[test]

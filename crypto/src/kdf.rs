@@ -1,9 +1,9 @@
 //! Named blake3 contexts, key derivation and domain-separated hashing.
 //!
 //! Every derived key and every hash used by primia goes through a context
-//! string of the form `"primia 2026-11 <purpose> v1"`, as blake3's
-//! `derive_key` mode asks: hard-coded, globally unique, and naming exactly
-//! one use. Two uses never share a context, so a value computed for one
+//! string of the form `"primia <YYYY-MM> <purpose> v<N>"` (the month the
+//! use was defined and its version), as blake3's `derive_key` mode asks:
+//! hard-coded, globally unique, and naming exactly one use. Two uses never share a context, so a value computed for one
 //! purpose is useless for any other.
 //!
 //! # Encoding of inputs (pinned)
@@ -41,9 +41,9 @@ pub const MODEL_ID: &str = "primia 2026-11 model blob id v1";
 /// Leader ranking: `hash(LEADER_RANK, [consortium_id, round, peer_id])`.
 pub const LEADER_RANK: &str = "primia 2026-11 round leader rank v1";
 
-/// The mask PRG's blake3 key, derived from a mask seed (b_u or s_uv); see
-/// [`crate::prg`].
-pub const MASK_PRG_KEY: &str = "primia 2026-11 secagg mask prg key v1";
+/// The mask PRG's AES-128 key (the first 16 bytes of this derivation),
+/// derived from a mask seed (b_u or s_uv); see [`crate::prg`].
+pub const MASK_PRG_KEY: &str = "primia 2026-12 secagg mask prg aes-128 key v2";
 
 /// The digest that ed25519 actually signs: a hash of (signing context,
 /// message); see [`crate::IdentityKey::sign`].
@@ -98,8 +98,17 @@ mod tests {
     #[test]
     fn contexts_are_distinct_and_well_formed() {
         for (i, a) in ALL.iter().enumerate() {
+            // "primia YYYY-MM <purpose> vN"
+            let words: Vec<&str> = a.split(' ').collect();
+            let date = words[1].as_bytes();
+            let version = words.last().unwrap();
             assert!(
-                a.starts_with("primia 2026-11 ") && a.ends_with(" v1"),
+                words.len() >= 4
+                    && words[0] == "primia"
+                    && date.len() == 7
+                    && date[4] == b'-'
+                    && version.starts_with('v')
+                    && version[1..].parse::<u32>().is_ok(),
                 "{a}"
             );
             for b in &ALL[i + 1..] {

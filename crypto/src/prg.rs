@@ -4,94 +4,86 @@
 //!
 //! For a seed `s` (32 bytes: a self-mask seed b_u or a pairwise seed s_uv):
 //!
-//! 1. `k = blake3::derive_key(kdf::MASK_PRG_KEY, s)` with
-//!    `MASK_PRG_KEY = "primia 2026-11 secagg mask prg key v1"` (the seed
-//!    bytes are the key material, unprefixed).
-//! 2. The keyed blake3 hash with key `k` over the empty input, read as an
-//!    extendable output (XOF) stream from offset 0:
-//!    `blake3::Hasher::new_keyed(&k).finalize_xof()`.
+//! 1. `k` = the first 16 bytes of `blake3::derive_key(kdf::MASK_PRG_KEY, s)`
+//!    with `MASK_PRG_KEY = "primia 2026-12 secagg mask prg aes-128 key v2"`
+//!    (the seed bytes are the key material, unprefixed).
+//! 2. The AES-128 counter-mode stream under `k` from counter 0: block `j`
+//!    (j = 0, 1, ...) is `AES-128_k(LE128(j))`, the 16-byte little-endian
+//!    encoding of `j` encrypted.
 //! 3. Ring element `i` (i = 0, 1, ...) is the little-endian `u64` in stream
 //!    bytes `8 i .. 8 i + 8`.
 //!
 //! The mask of a vector of length m is elements `0..m`. Step 1 makes the PRG
 //! key a purpose-bound derivative of the seed, so a seed is never used as a
-//! key for anything else by accident.
+//! key for anything else by accident. The protocol's wire version changes
+//! with this specification, so members of different versions never mix
+//! masks.
 //!
-//! # Why blake3
+//! # Why AES-128 in counter mode
 //!
 //! Masking is the floor of a round's cost: each member expands N masks of the
-//! model's size and the leader expands more for dropouts. The blake3 XOF
-//! computes many output blocks in parallel with SIMD (AVX-512 here), ahead of
-//! AES-CTR and far ahead of ChaCha20 on this class of machine.
+//! model's size and the leader expands more for dropouts. On CPUs with VAES
+//! (AVX-512 AES, four blocks per instruction) counter mode is embarrassingly
+//! parallel and runs at the rate of the AES units: the kernel in
+//! `aes_ctr` adds masks into a vector at about four times the rate of the
+//! blake3 XOF that version 1 of this PRG used (`cargo bench -p primia-crypto
+//! --bench prg` prints both). Elsewhere the `aes` crate runs it (AES-NI or
+//! constant-time software), about as fast as the XOF was.
+//!
+//! Security: AES-128 is used as a pseudorandom function under a fresh key
+//! per seed; a mask of m elements takes m/2 blocks, and the PRP/PRF
+//! switching term `q^2 / 2^129` is below 2^-69 for any vector under 2^30
+//! elements. The 128-bit key matches the ~128-bit security of the x25519
+//! agreement the pairwise seeds come from.
 //!
 //! # How it runs
 //!
-//! [`add_mask`] and [`sub_mask`] are fused: the XOF fills a fixed
-//! [`CHUNK_BYTES`] stack buffer, which is added into the output and then
-//! reused, so nothing is allocated and the buffer stays in L1 cache. The
-//! buffer and the XOF state are wiped before returning. [`apply_masks`]
-//! applies many seeds in one pass over the output, and [`Masker`] does the
+//! [`add_mask`] and [`sub_mask`] are fused: the keystream is added into the
+//! output as it is produced, with nothing allocated. [`apply_masks`] applies
+//! many seeds in one pass over the output, [`CHUNK_BYTES`] at a time so each
+//! piece stays in L1 while it receives every mask, and [`Masker`] does the
 //! same piece by piece, so a caller can mask a vector while writing it
 //! somewhere else (the protocol writes a masked input straight into its
-//! message).
+//! message). AES round keys are wiped when a stream is dropped.
 
-use zeroize::Zeroize;
-
+use crate::aes_ctr::Keystream;
 use crate::{Ring, Secret32, kdf};
 
-/// Bytes of XOF output produced per step.
-///
-/// Measured on this project's machine (AMD EPYC Zen 4, AVX-512, 32 KiB L1d
-/// per core), best of 40 runs of `add_mask` over 10^6 elements: 2, 4 and
-/// 8 KiB all gave 5.8-6.0 GB/s, 12-24 KiB 10-35 % less, as buffer plus output
-/// chunk outgrow L1. The XOF alone, filling one 8 MB buffer, gave 6.9 GB/s,
-/// so the fused add costs about 15 %. blake3 computes up to 16 blocks
-/// (1 KiB) per SIMD call, so every size here keeps it at full width; 8 KiB is
-/// the largest size that stays in L1 with its output chunk.
+/// Bytes of the output that receive every mask of a [`Masker`] before it
+/// moves on: small enough to stay in L1 while each seed's keystream is added.
 pub const CHUNK_BYTES: usize = 8 * 1024;
 
 const CHUNK_WORDS: usize = CHUNK_BYTES / 8;
 
-/// The XOF reader for `seed`, steps 1 and 2 of the specification.
-fn reader(seed: &Secret32) -> blake3::OutputReader {
-    let mut key = blake3::derive_key(kdf::MASK_PRG_KEY, seed.expose());
-    let mut hasher = blake3::Hasher::new_keyed(&key);
-    let reader = hasher.finalize_xof();
-    key.zeroize();
-    hasher.zeroize();
-    reader
+/// The keystream for `seed`, steps 1 and 2 of the specification.
+fn stream(seed: &Secret32) -> Keystream {
+    let mut derived = zeroize::Zeroizing::new(blake3::derive_key(kdf::MASK_PRG_KEY, seed.expose()));
+    let mut key = zeroize::Zeroizing::new([0u8; 16]);
+    key.copy_from_slice(&derived[..16]);
+    zeroize::Zeroize::zeroize(&mut *derived);
+    Keystream::new(&key)
 }
 
-/// Runs `combine(out[i], PRG(seed)[i])` over `out`, chunk by chunk.
-#[inline(always)]
-fn apply(seed: &Secret32, out: &mut [Ring], combine: impl Fn(Ring, Ring) -> Ring) {
-    let mut xof = reader(seed);
-    let mut buf = [0u8; CHUNK_BYTES];
-    for chunk in out.chunks_mut(CHUNK_WORDS) {
-        let bytes = &mut buf[..chunk.len() * 8];
-        xof.fill(bytes);
-        for (o, w) in chunk.iter_mut().zip(bytes.chunks_exact(8)) {
-            let word = u64::from_le_bytes(w.try_into().expect("chunks of 8 bytes"));
-            *o = combine(*o, word);
-        }
-    }
-    buf.zeroize();
-    xof.zeroize();
+/// Which implementation of the keystream this CPU runs ("vaes-avx512" or
+/// "aes crate"), for benchmark tables and diagnostics.
+pub fn implementation() -> &'static str {
+    Keystream::new(&[0; 16]).implementation()
 }
 
 /// `out[i] += PRG(seed)[i]` (wrapping), fused: no temporary vector.
 pub fn add_mask(seed: &Secret32, out: &mut [Ring]) {
-    apply(seed, out, Ring::wrapping_add);
+    stream(seed).add(0, out);
 }
 
 /// `out[i] -= PRG(seed)[i]` (wrapping), fused.
 pub fn sub_mask(seed: &Secret32, out: &mut [Ring]) {
-    apply(seed, out, Ring::wrapping_sub);
+    stream(seed).sub(0, out);
 }
 
 /// `out[i] = PRG(seed)[i]`.
 pub fn expand(seed: &Secret32, out: &mut [Ring]) {
-    apply(seed, out, |_, m| m);
+    out.fill(0);
+    stream(seed).add(0, out);
 }
 
 /// `out[i] += sum_{s in add} PRG(s)[i] - sum_{s in sub} PRG(s)[i]` (wrapping):
@@ -100,13 +92,11 @@ pub fn expand(seed: &Secret32, out: &mut [Ring]) {
 /// The same result as calling [`add_mask`] and [`sub_mask`] per seed, but
 /// each [`CHUNK_BYTES`] piece of `out` is loaded once and receives every
 /// mask while it sits in L1, instead of streaming the whole vector through
-/// memory once per seed. On an idle core the two are equally fast (best of
-/// 15: ten masks over 10^6 elements in 17.6 ms fused, 17.8 ms one pass per
-/// seed), since the XOF, not memory, is the bottleneck; the single pass
-/// helps when other cores compete for memory bandwidth. A member applies its
-/// self mask and all pairwise masks this way; the aggregator removes the self
-/// masks of the survivors and the pairwise masks of the dropped members.
-/// Allocates one XOF state per seed, nothing per element.
+/// memory once per seed; that matters when other cores compete for memory
+/// bandwidth. A member applies its self mask and all pairwise masks this
+/// way; the aggregator removes the self masks of the survivors and the
+/// pairwise masks of the dropped members. Sets up one AES key per seed and
+/// allocates nothing per element.
 pub fn apply_masks(add: &[&Secret32], sub: &[&Secret32], out: &mut [Ring]) {
     Masker::new(add, sub).apply(out);
 }
@@ -172,10 +162,12 @@ pub fn mask_threads() -> usize {
 /// into the message envelope) with every piece still in L1 cache, instead of
 /// masking a whole vector and copying it afterwards. Feeding pieces of
 /// lengths `a`, `b`, ... gives exactly what one [`apply_masks`] over the
-/// concatenation gives. The XOF states and the buffer are wiped on drop.
+/// concatenation gives. The AES round keys are wiped on drop.
 pub struct Masker {
-    /// One XOF stream per seed; `true` adds it, `false` subtracts it.
-    readers: Vec<(blake3::OutputReader, bool)>,
+    /// One keystream per seed; `true` adds it, `false` subtracts it.
+    streams: Vec<(Keystream, bool)>,
+    /// The element of the streams that the next piece starts at.
+    position: u64,
 }
 
 impl Masker {
@@ -188,58 +180,42 @@ impl Masker {
     /// Streams for `add` and `sub` positioned at element `start`: what
     /// [`Masker::new`] would reach after `start` elements.
     pub fn at(add: &[&Secret32], sub: &[&Secret32], start: usize) -> Self {
-        let positioned = |s: &Secret32| {
-            let mut r = reader(s);
-            r.set_position(start as u64 * 8);
-            r
-        };
-        let readers = add
+        let streams = add
             .iter()
-            .map(|s| (positioned(s), true))
-            .chain(sub.iter().map(|s| (positioned(s), false)))
+            .map(|s| (stream(s), true))
+            .chain(sub.iter().map(|s| (stream(s), false)))
             .collect();
-        Self { readers }
+        Self {
+            streams,
+            position: start as u64,
+        }
     }
 
     /// `out[i] += sum of the next out.len() elements of the added masks,
     /// minus those of the subtracted ones` (wrapping).
-    pub fn apply(&mut self, out: &mut [Ring]) {
-        let mut buf = [0u8; CHUNK_BYTES];
-        for chunk in out.chunks_mut(CHUNK_WORDS) {
-            let bytes = &mut buf[..chunk.len() * 8];
-            for (xof, plus) in &mut self.readers {
-                xof.fill(bytes);
-                let words = bytes
-                    .chunks_exact(8)
-                    .map(|w| u64::from_le_bytes(w.try_into().expect("chunks of 8 bytes")));
+    pub fn apply(&mut self, mut out: &mut [Ring]) {
+        while !out.is_empty() {
+            // Pieces end on the grid of CHUNK_WORDS, so after a first short
+            // one they start on whole AES blocks and fill the kernel.
+            let to_grid = CHUNK_WORDS - (self.position % CHUNK_WORDS as u64) as usize;
+            let len = to_grid.min(out.len());
+            let (chunk, rest) = std::mem::take(&mut out).split_at_mut(len);
+            for (stream, plus) in &self.streams {
                 if *plus {
-                    chunk
-                        .iter_mut()
-                        .zip(words)
-                        .for_each(|(o, m)| *o = o.wrapping_add(m));
+                    stream.add(self.position, chunk);
                 } else {
-                    chunk
-                        .iter_mut()
-                        .zip(words)
-                        .for_each(|(o, m)| *o = o.wrapping_sub(m));
+                    stream.sub(self.position, chunk);
                 }
             }
-        }
-        buf.zeroize();
-    }
-}
-
-impl Drop for Masker {
-    fn drop(&mut self) {
-        for (xof, _) in &mut self.readers {
-            xof.zeroize();
+            self.position += chunk.len() as u64;
+            out = rest;
         }
     }
 }
 
 impl core::fmt::Debug for Masker {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Masker(seeds = {})", self.readers.len())
+        write!(f, "Masker(seeds = {})", self.streams.len())
     }
 }
 
@@ -261,29 +237,38 @@ mod tests {
         assert_eq!(out, TEST_VECTOR);
     }
 
-    /// Also reproduced with the Python `blake3` package:
-    /// `k = blake3(bytes(range(32)), derive_key_context=MASK_PRG_KEY).digest()`,
-    /// `struct.unpack("<4Q", blake3(b"", key=k).digest(32))`.
+    /// Also reproduced with the Python `blake3` and `cryptography` packages:
+    /// `k = blake3(bytes(range(32)), derive_key_context=MASK_PRG_KEY).digest()[:16]`,
+    /// `e = Cipher(algorithms.AES(k), modes.ECB()).encryptor()`,
+    /// `struct.unpack("<4Q", e.update(b"".join(j.to_bytes(16, "little") for j in range(2))))`.
     const TEST_VECTOR: [u64; 4] = [
-        14_844_437_757_217_772,
-        17_946_846_180_803_001_950,
-        11_360_618_375_037_578_653,
-        5_029_194_616_493_982_025,
+        18_363_747_420_336_369_038,
+        16_952_141_592_154_682_765,
+        15_798_998_371_772_207_801,
+        2_855_805_234_826_132_809,
     ];
 
+    /// The whole pipeline against the specification computed from scratch:
+    /// the key derivation, then the `aes` crate's single-block encryption of
+    /// each little-endian counter.
     #[test]
     fn matches_specification() {
+        use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
         let s = seed(9);
         let n = CHUNK_WORDS * 2 + 3;
         let mut out = vec![0u64; n];
         expand(&s, &mut out);
-        let key = blake3::derive_key(kdf::MASK_PRG_KEY, s.expose());
-        let mut stream = vec![0u8; n * 8];
-        blake3::Hasher::new_keyed(&key)
-            .finalize_xof()
-            .fill(&mut stream);
+        let derived = blake3::derive_key(kdf::MASK_PRG_KEY, s.expose());
+        let cipher = aes::Aes128::new(GenericArray::from_slice(&derived[..16]));
+        let mut stream = Vec::new();
+        for j in 0..n.div_ceil(2) as u128 {
+            let mut block = GenericArray::clone_from_slice(&j.to_le_bytes());
+            cipher.encrypt_block(&mut block);
+            stream.extend_from_slice(&block);
+        }
         let expect: Vec<u64> = stream
             .chunks_exact(8)
+            .take(n)
             .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
             .collect();
         assert_eq!(out, expect);

@@ -63,7 +63,12 @@ use crate::ProtocolError;
 use crate::roster::{MemberId, RosterDigest};
 
 /// The wire version this build speaks; the first byte of every envelope.
-pub const WIRE_VERSION: u8 = 2;
+///
+/// It versions what the bytes mean as well as their layout: 2 packed the
+/// outcome's sum; 3 changed the mask PRG (`primia_crypto::prg`) from a blake3
+/// XOF to AES-128 in counter mode, so a masked input of version 2 does not
+/// unmask under version 3 although its bytes look the same.
+pub const WIRE_VERSION: u8 = 3;
 
 /// Largest ring vector (model parameters plus the example count): 2^24
 /// parameters, room for a ResNet-18 (11 M) with margin.
