@@ -151,39 +151,44 @@ impl DecodedSum {
 /// [`MAX_TOTAL_EXAMPLES`] or a coordinate above `total * CLIP`. A sum that
 /// still carries a mask fails here with overwhelming probability.
 pub fn decode_sum(sum: &[Ring]) -> Result<DecodedSum> {
-    let mut weighted_sum = Vec::with_capacity(sum.len().saturating_sub(1));
-    let total_examples = for_each_weighted(sum, |w| weighted_sum.push(w))?;
+    let (total_examples, body) = checked(sum)?;
     Ok(DecodedSum {
         total_examples,
-        weighted_sum,
+        weighted_sum: body.iter().map(|&w| weighted(w)).collect(),
     })
 }
 
-/// Decodes an unmasked sum as [`decode_sum`] does and hands each coordinate
-/// of its weighted mean ([`DecodedSum::mean`], bit for bit) to `each`, in
-/// order, without building the decoded sum or the mean: for a model of
-/// millions of parameters that saves two vectors and two passes.
-///
-/// Returns the total example count. On an error (the same ones, checked the
-/// same way as [`decode_sum`]) `each` has seen the coordinates before the
-/// bad one: discard what it built.
-pub fn for_each_mean(sum: &[Ring], mut each: impl FnMut(f32)) -> Result<u64> {
-    let total = sum.last().copied().unwrap_or(0);
+/// Decodes an unmasked sum as [`decode_sum`] does, with the same checks,
+/// and returns the total example count and an iterator over the
+/// coordinates of its weighted mean ([`DecodedSum::mean`], bit for bit),
+/// without building the decoded sum or the mean: for a model of millions of
+/// parameters that saves two vectors and two passes, and a caller that
+/// zips it with another slice gets a loop the compiler vectorises.
+pub fn mean_of(sum: &[Ring]) -> Result<(u64, impl ExactSizeIterator<Item = f32> + '_)> {
+    let (total, body) = checked(sum)?;
     let divisor = total as f64;
     // The arithmetic of `decode_sum` then `mean`, step by step.
-    for_each_weighted(sum, |w| {
-        each(if total == 0 {
+    let mean = body.iter().map(move |&w| {
+        if total == 0 {
             0.0
         } else {
-            (w / divisor) as f32
-        })
-    })
+            (weighted(w) / divisor) as f32
+        }
+    });
+    Ok((total, mean))
 }
 
-/// The checks of [`decode_sum`], handing each weighted coordinate
-/// (`sum_u n_u * clip(delta_u[i])`) to `each` as it passes; returns the
-/// total example count.
-fn for_each_weighted(sum: &[Ring], mut each: impl FnMut(f64)) -> Result<u64> {
+/// `sum_u n_u * clip(delta_u[i])` from coordinate i of a checked sum.
+#[inline(always)]
+fn weighted(w: Ring) -> f64 {
+    w as i64 as f64 / SCALE
+}
+
+/// The checks of [`decode_sum`]: returns the total example count and the
+/// coordinates. A first pass over every coordinate (which the compiler
+/// vectorises) decides; the index of a bad one is looked for only on
+/// failure.
+fn checked(sum: &[Ring]) -> Result<(u64, &[Ring])> {
     let (&total, body) = sum.split_last().ok_or(CryptoError::EmptySum)?;
     if total > MAX_TOTAL_EXAMPLES {
         return Err(CryptoError::TotalOutOfRange {
@@ -193,14 +198,12 @@ fn for_each_weighted(sum: &[Ring], mut each: impl FnMut(f64)) -> Result<u64> {
     }
     // At most 2^62, so no overflow.
     let limit = total * CLIP_FIXED;
-    for (index, &w) in body.iter().enumerate() {
-        let v = w as i64;
-        if v.unsigned_abs() > limit {
-            return Err(CryptoError::SumOutOfRange { index });
-        }
-        each(v as f64 / SCALE);
+    let in_range = |w: &Ring| (*w as i64).unsigned_abs() <= limit;
+    if !body.iter().fold(true, |ok, w| ok & in_range(w)) {
+        let index = body.iter().position(|w| !in_range(w)).unwrap_or(0);
+        return Err(CryptoError::SumOutOfRange { index });
     }
-    Ok(total)
+    Ok((total, body))
 }
 
 #[cfg(test)]

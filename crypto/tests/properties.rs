@@ -90,11 +90,12 @@ proptest! {
         let mut with_small_total = garbage.clone();
         with_small_total.push(small_total);
         for sum in [honest, garbage, with_small_total] {
-            let mut streamed = Vec::new();
-            let got = fixed::for_each_mean(&sum, |m| streamed.push(m.to_bits()));
+            let got = fixed::mean_of(&sum)
+                .map(|(total, mean)| (total, mean.map(f32::to_bits).collect::<Vec<u32>>()));
             match decode_sum(&sum) {
                 Ok(d) => {
-                    prop_assert_eq!(got.unwrap(), d.total_examples);
+                    let (total, streamed) = got.unwrap();
+                    prop_assert_eq!(total, d.total_examples);
                     let want: Vec<u32> = d.mean().iter().map(|m| m.to_bits()).collect();
                     prop_assert_eq!(streamed, want);
                 }

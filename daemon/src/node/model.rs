@@ -168,12 +168,8 @@ impl GlobalModel {
             });
         }
         // One pass: no decoded sum or mean vector of the model's size.
-        let mut params = Vec::with_capacity(self.params.len());
-        let mut base = self.params.iter();
-        fixed::for_each_mean(sum, |d| {
-            params.push(base.next().copied().unwrap_or(0.0) + d)
-        })
-        .map_err(|e| ModelError::Sum(e.to_string()))?;
+        let (_, mean) = fixed::mean_of(sum).map_err(|e| ModelError::Sum(e.to_string()))?;
+        let params = self.params.iter().zip(mean).map(|(p, d)| p + d).collect();
         Ok(Self { round, params })
     }
 }

@@ -122,15 +122,14 @@ pub fn test_vector(name: &str, round: u64, parameters: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(parameters);
     let mut buf = [0u8; 4096];
     while out.len() < parameters {
-        xof.fill(&mut buf);
-        for c in buf.chunks_exact(4) {
-            if out.len() == parameters {
-                break;
-            }
-            // 24 random bits: exactly representable in f32.
+        let take = (parameters - out.len()).min(buf.len() / 4);
+        let bytes = &mut buf[..take * 4];
+        xof.fill(bytes);
+        // 24 random bits: exactly representable in f32.
+        out.extend(bytes.chunks_exact(4).map(|c| {
             let v = u32::from_le_bytes(c.try_into().expect("4 bytes")) >> 8;
-            out.push(v as f32 / (1u32 << 23) as f32 - 1.0);
-        }
+            v as f32 / (1u32 << 23) as f32 - 1.0
+        }));
     }
     out
 }
