@@ -46,6 +46,8 @@
 //! somewhere else (the protocol writes a masked input straight into its
 //! message). AES round keys are wiped when a stream is dropped.
 
+use zeroize::Zeroizing;
+
 use crate::aes_ctr::Keystream;
 use crate::{Ring, Secret32, kdf};
 
@@ -57,10 +59,9 @@ const CHUNK_WORDS: usize = CHUNK_BYTES / 8;
 
 /// The keystream for `seed`, steps 1 and 2 of the specification.
 fn stream(seed: &Secret32) -> Keystream {
-    let mut derived = zeroize::Zeroizing::new(blake3::derive_key(kdf::MASK_PRG_KEY, seed.expose()));
-    let mut key = zeroize::Zeroizing::new([0u8; 16]);
-    key.copy_from_slice(&derived[..16]);
-    zeroize::Zeroize::zeroize(&mut *derived);
+    let derived = Zeroizing::new(blake3::derive_key(kdf::MASK_PRG_KEY, seed.expose()));
+    let key: Zeroizing<[u8; 16]> =
+        Zeroizing::new(derived[..16].try_into().expect("16 of 32 bytes"));
     Keystream::new(&key)
 }
 
