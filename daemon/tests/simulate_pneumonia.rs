@@ -1,8 +1,8 @@
 //! The federated PneumoniaMNIST target through real daemons: 3 hospitals,
 //! label-skewed split (Dirichlet alpha 0.5), secure aggregation, hospital 2
 //! killed during round 3 and restarted in round 5, the simulator's defaults
-//! otherwise (30 rounds of 100 SCAFFOLD-corrected local steps). Slow (about
-//! ten minutes on two cores) and bound to the shared data: opt-in with
+//! otherwise (30 rounds of 100 SCAFFOLD-corrected local steps). Slow (10 to 16
+//! minutes on two cores, by machine) and bound to the shared data: opt-in with
 //! `PRIMIA_SLOW_TESTS=1`, and it fails rather than skips under
 //! `PRIMIA_REQUIRE_DATA=1`.
 
