@@ -103,7 +103,7 @@ pub fn apply_masks(add: &[&Secret32], sub: &[&Secret32], out: &mut [Ring]) {
 }
 
 /// Work below this many elements times seeds is done on the calling thread
-/// alone by [`apply_masks_parallel`]: 8 MB of stream, about a millisecond.
+/// alone by [`apply_masks_parallel`]: 8 MB of stream, under a millisecond.
 /// A scoped thread costs tens of microseconds to start, and on a busy
 /// machine it may wait longer than that for a core.
 pub const PARALLEL_MIN_WORK: usize = 1 << 20;
@@ -132,7 +132,7 @@ pub fn apply_masks_parallel(
         apply_masks(add, sub, out);
         return;
     }
-    // Ranges of whole XOF chunks, so each thread fills full buffers.
+    // Ranges of whole chunks, so each thread starts on whole AES blocks.
     let per = out.len().div_ceil(threads).next_multiple_of(CHUNK_WORDS);
     std::thread::scope(|scope| {
         let mut ranges = out.chunks_mut(per).enumerate();
