@@ -29,7 +29,8 @@
 //! rounds of one configuration vary by 10-20 % on a shared two-core
 //! machine).
 //! `ROUND_BENCH_ONLY=members:params[,members:params...]` picks
-//! configurations.
+//! configurations. With `RUST_LOG` set (e.g. `primiad=trace`), the nodes
+//! log to stderr, every round message in and out included.
 //!
 //! # Phases
 //!
@@ -306,6 +307,12 @@ fn main() {
     // megabyte vectors in again.
     // SAFETY: first thing in `main`, before any other thread exists.
     unsafe { primia_model::runtime::configure_process() };
+    // With RUST_LOG set, the nodes' logs go to stderr with timestamps: the
+    // timeline of a round (at `primiad=trace`, every round message in and
+    // out) for finding where its time goes. Logging costs time itself.
+    if std::env::var_os("RUST_LOG").is_some() {
+        primiad::cli::init_tracing(0);
+    }
     let rounds: u64 = std::env::var("ROUND_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -12,7 +12,7 @@ use primia_crypto::{IdentityKey, fixed};
 use primia_protocol::{Event, Instant, MemberId, Outcome, Outgoing, Output, Roster};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant as TokioInstant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 use zeroize::Zeroizing;
 
 use super::RoundReport;
@@ -838,7 +838,10 @@ impl Driver {
         match input {
             Drive::Nothing => {}
             Drive::Timeout => runner.machine.handle_timeout(now),
-            Drive::Message(from, envelope) => runner.machine.handle_envelope(now, from, envelope),
+            Drive::Message(from, envelope) => {
+                trace!(from = %self.name_of(from), bytes = envelope.as_slice().len(), "round message in");
+                runner.machine.handle_envelope(now, from, envelope)
+            }
             Drive::Input(mut input) => {
                 // Moved, not copied: the round wipes it when done.
                 match runner
@@ -1010,6 +1013,7 @@ impl Driver {
     /// round bench at 10 members and 100,000 parameters: about half the
     /// round's time went to the control phases on gossip alone).
     async fn send(&mut self, round: u64, base: ModelHash, to: Option<MemberId>, message: Outgoing) {
+        trace!(kind = ?message.kind, to = ?to.map(|t| self.name_of(t)), bytes = message.bytes.len(), "round message out");
         let frame = RoundFrame {
             round,
             base,
