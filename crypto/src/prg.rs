@@ -25,7 +25,7 @@
 //! model's size and the leader expands more for dropouts. On CPUs with VAES
 //! (AVX-512 AES, four blocks per instruction) counter mode is embarrassingly
 //! parallel and runs at the rate of the AES units: the kernel in
-//! `aes_ctr` adds masks into a vector at about four times the rate of the
+//! `aes_ctr` adds masks into a vector at three to four times the rate of the
 //! blake3 XOF that version 1 of this PRG used (`cargo bench -p primia-crypto
 //! --bench prg` prints both). Elsewhere the `aes` crate runs it (AES-NI or
 //! constant-time software), about as fast as the XOF was.
