@@ -27,8 +27,9 @@
 //! parallel and runs at the rate of the AES units: the kernel in
 //! `aes_ctr` adds masks into a vector at three to four times the rate of the
 //! blake3 XOF that version 1 of this PRG used (`cargo bench -p primia-crypto
-//! --bench prg` prints both). Elsewhere the `aes` crate runs it (AES-NI or
-//! constant-time software), about as fast as the XOF was.
+//! --bench prg` prints both). On x86-64 with AES-NI only, a 128-bit kernel
+//! runs it at about twice the rate of the `aes` crate; elsewhere that crate
+//! runs it (ARMv8 AES or constant-time software).
 //!
 //! Security: AES-128 is used as a pseudorandom function under a fresh key
 //! per seed; a mask of m elements takes m/2 blocks, and the PRP/PRF
