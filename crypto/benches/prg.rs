@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p primia-crypto --bench prg`. Throughput of the mask PRG is
 //! reported in bytes of mask per second (8 bytes per ring element). The
-//! `add_mask` rows name the keystream implementation this CPU runs; the
+//! `add_mask` rows name the keystream implementation: the first is the one
+//! this CPU runs, the others those it could fall back to; the
 //! `blake3 xof (v1)` row is the PRG of version 1 (a keyed blake3 XOF, fused
 //! through an 8 KiB buffer), kept here as the yardstick that version 2's
 //! AES-128 counter mode replaced.
@@ -39,6 +40,14 @@ fn bench_mask(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new(&add_mask, len), &len, |b, _| {
             b.iter(|| prg::add_mask(black_box(&seed), black_box(&mut v)))
         });
+        for other in ["aes-ni", "aes crate"] {
+            if other != prg::implementation() && prg::add_mask_with(other, &seed, &mut v) {
+                let id = BenchmarkId::new(format!("add_mask {other}"), len);
+                group.bench_with_input(id, &len, |b, _| {
+                    b.iter(|| prg::add_mask_with(other, black_box(&seed), black_box(&mut v)))
+                });
+            }
+        }
         group.bench_with_input(BenchmarkId::new("blake3 xof (v1)", len), &len, |b, _| {
             b.iter(|| blake3_xof_add(black_box(&[7; 32]), black_box(&mut v)))
         });

@@ -60,16 +60,36 @@ const CHUNK_WORDS: usize = CHUNK_BYTES / 8;
 
 /// The keystream for `seed`, steps 1 and 2 of the specification.
 fn stream(seed: &Secret32) -> Keystream {
+    Keystream::new(&key(seed))
+}
+
+/// The AES key for `seed`, step 1 of the specification.
+fn key(seed: &Secret32) -> Zeroizing<[u8; 16]> {
     let derived = Zeroizing::new(blake3::derive_key(kdf::MASK_PRG_KEY, seed.expose()));
-    let key: Zeroizing<[u8; 16]> =
-        Zeroizing::new(derived[..16].try_into().expect("16 of 32 bytes"));
-    Keystream::new(&key)
+    Zeroizing::new(derived[..16].try_into().expect("16 of 32 bytes"))
 }
 
 /// Which implementation of the keystream this CPU runs ("vaes-avx512" or
 /// "aes crate"), for benchmark tables and diagnostics.
 pub fn implementation() -> &'static str {
     Keystream::new(&[0; 16]).implementation()
+}
+
+/// [`add_mask`] through a named implementation ("vaes-avx512", "aes-ni" or
+/// "aes crate"), for benchmarks that compare them; `false`, with `out`
+/// untouched, where this CPU does not run it.
+#[doc(hidden)]
+pub fn add_mask_with(implementation: &str, seed: &Secret32, out: &mut [Ring]) -> bool {
+    let key = key(seed);
+    let stream = match implementation {
+        "aes crate" => Some(Keystream::portable(&key)),
+        #[cfg(target_arch = "x86_64")]
+        "aes-ni" => Keystream::aesni(&key),
+        #[cfg(target_arch = "x86_64")]
+        "vaes-avx512" => Keystream::vaes(&key),
+        _ => None,
+    };
+    stream.map(|s| s.add(0, out)).is_some()
 }
 
 /// `out[i] += PRG(seed)[i]` (wrapping), fused: no temporary vector.
@@ -397,6 +417,23 @@ mod tests {
             masker.apply(rest);
             assert_eq!(pieces, whole);
         }
+    }
+
+    #[test]
+    fn every_named_implementation_gives_the_same_mask() {
+        let mut expect = vec![0u64; 300];
+        add_mask(&seed(4), &mut expect);
+        assert!(add_mask_with(implementation(), &seed(4), &mut vec![0; 300]));
+        for name in ["vaes-avx512", "aes-ni", "aes crate"] {
+            let mut v = vec![0u64; 300];
+            if add_mask_with(name, &seed(4), &mut v) {
+                assert_eq!(v, expect, "{name}");
+            } else {
+                assert!(v.iter().all(|&x| x == 0), "{name}");
+            }
+        }
+        assert!(add_mask_with("aes crate", &seed(4), &mut [0; 1]));
+        assert!(!add_mask_with("rot13", &seed(4), &mut [0; 1]));
     }
 
     #[test]
