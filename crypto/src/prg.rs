@@ -69,8 +69,8 @@ fn key(seed: &Secret32) -> Zeroizing<[u8; 16]> {
     Zeroizing::new(derived[..16].try_into().expect("16 of 32 bytes"))
 }
 
-/// Which implementation of the keystream this CPU runs ("vaes-avx512" or
-/// "aes crate"), for benchmark tables and diagnostics.
+/// Which implementation of the keystream this CPU runs ("vaes-avx512",
+/// "aes-ni" or "aes crate"), for benchmark tables and diagnostics.
 pub fn implementation() -> &'static str {
     Keystream::new(&[0; 16]).implementation()
 }
