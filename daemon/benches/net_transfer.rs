@@ -8,8 +8,14 @@
 //! `net_transfer small_requests=... wall_us=... cpu_us=...`: wall time and
 //! CPU time (both members, all threads) per 200-byte request and its
 //! acknowledgement, each on a fresh substream as request-response opens
-//! one per request. The secure round sends about 45 such messages more
-//! than a plain one at 10 members.
+//! one per request (its protocol's name goes out with the request, without
+//! waiting for the listener to confirm it). The secure round sends about 45
+//! such messages more than a plain one at 10 members.
+//!
+//! Three interleaved runs on one machine (AMD EPYC, two cores): one small
+//! exchange took 264-277 µs of wall time and 341-352 µs of CPU with the
+//! protocol sent along, against 306-337 µs and 377-417 µs when the
+//! dialer waited for the confirmation first.
 
 use std::time::{Duration, Instant};
 

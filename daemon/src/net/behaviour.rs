@@ -31,6 +31,20 @@ const GOSSIP_ENVELOPE_BYTES: usize = 1024;
 /// request-response; this leaves room for gossip, identify, ping and kad.
 const YAMUX_MAX_STREAMS: usize = 256;
 
+/// How a member opens a substream. With one protocol to offer (every
+/// request-response substream, identify, ping, kad), `V1Lazy` sends the
+/// protocol's name and the request's bytes together instead of waiting a
+/// round trip for the listener's confirmation first: a round message goes
+/// out in one flight instead of two. The wire format is multistream-select
+/// 1.0 either way. Its one pitfall, nested negotiations on a stream, does
+/// not arise: each substream carries one protocol, and where a listener
+/// lacks it, its refusal is the first thing the dialer reads, so the request
+/// ends with an error.
+/// Gossipsub offers several protocol versions, so its long-lived substreams
+/// still negotiate with a round trip, once per connection.
+const SUBSTREAM_NEGOTIATION: libp2p::core::upgrade::Version =
+    libp2p::core::upgrade::Version::V1Lazy;
+
 pub(crate) type Gossipsub =
     gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>;
 
@@ -189,7 +203,10 @@ pub(crate) fn build_swarm(
         .map_err(|e| transport_err(&e))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| transport_err(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(config.idle_connection_timeout)
+                .with_substream_upgrade_protocol_override(SUBSTREAM_NEGOTIATION)
+        })
         .build();
     Ok(swarm)
 }
