@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use libp2p::core::ConnectedPoint;
+use libp2p::core::upgrade::NegotiationError;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -787,6 +788,15 @@ fn describe_outbound_failure(error: &request_response::OutboundFailure) -> Strin
             "the connection closed before the response arrived".into()
         }
         request_response::OutboundFailure::UnsupportedProtocols => {
+            "the peer does not speak the bulk protocol".into()
+        }
+        // Substreams negotiate lazily (see `behaviour`), so a peer's refusal
+        // of the protocol arrives as the first read of the response.
+        request_response::OutboundFailure::Io(e)
+            if e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<NegotiationError>())
+                .is_some_and(|n| matches!(n, NegotiationError::Failed)) =>
+        {
             "the peer does not speak the bulk protocol".into()
         }
         request_response::OutboundFailure::Io(e) => format!("stream error: {e}"),
