@@ -422,7 +422,7 @@ mod tests {
     #[test]
     fn key_schedule_matches_fips_197() {
         if !x86::has_aesni() {
-            eprintln!("this CPU lacks AVX-512 or VAES: the kernel's key schedule is not tested");
+            eprintln!("this CPU lacks AES-NI: the kernels' key schedule is not tested");
             return;
         }
         let key = [
