@@ -601,7 +601,11 @@ pub struct Round<R> {
     reveals: RevealRecord,
     state: State,
     outputs: VecDeque<Output>,
+    /// Messages between this member's two roles, delivered by
+    /// [`Self::poll_output`] once the outputs before them are taken.
     local: VecDeque<Local>,
+    /// The time of the last input, for delivering `local`.
+    local_now: Instant,
 }
 
 impl<R: CryptoRng> Round<R> {
@@ -656,9 +660,9 @@ impl<R: CryptoRng> Round<R> {
             state: State::Failed,
             outputs: VecDeque::new(),
             local: VecDeque::new(),
+            local_now: now,
         };
         round.start_attempt(now, attempt, false);
-        round.drain_local(now);
         Ok(round)
     }
 
@@ -677,8 +681,8 @@ impl<R: CryptoRng> Round<R> {
             return Err(ProtocolError::InputAlreadySubmitted);
         }
         self.input = Some(input);
+        self.local_now = now;
         self.member_input_ready(now);
-        self.drain_local(now);
         Ok(())
     }
 
@@ -711,14 +715,15 @@ impl<R: CryptoRng> Round<R> {
     }
 
     fn handle(&mut self, now: Instant, from: MemberId, bytes: &[u8], owned: Option<&WireBytes>) {
+        self.local_now = now;
         if let Err(reason) = self.on_remote(now, from, bytes, owned) {
             self.event(Event::Rejected { from, reason });
         }
-        self.drain_local(now);
     }
 
     /// Lets time pass: expires deadlines at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.local_now = now;
         let State::Running(att) = &self.state else {
             return;
         };
@@ -733,12 +738,23 @@ impl<R: CryptoRng> Round<R> {
             let phase = att.member.phase();
             self.fail_attempt(now, AttemptFailure::LeaderSilent { phase });
         }
-        self.drain_local(now);
     }
 
-    /// The next output, in order.
+    /// The next output, in order. Take them all after every input: a
+    /// message between this member's own roles (the leader's announcement
+    /// to itself as a member, a member's message to itself as the leader)
+    /// is delivered here, after the outputs made before it, so a driver
+    /// puts a leader's announcement on the network before this member does
+    /// its own share of the work it asks for, which the others do at the
+    /// same time.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        loop {
+            if let Some(output) = self.outputs.pop_front() {
+                return Some(output);
+            }
+            let local = self.local.pop_front()?;
+            self.deliver_local(local);
+        }
     }
 
     /// When to call [`Self::handle_timeout`] next; `None` once the round is
@@ -1031,25 +1047,24 @@ impl<R: CryptoRng> Round<R> {
         Some(bytes)
     }
 
-    /// Delivers messages between this member's roles until none are left.
-    fn drain_local(&mut self, now: Instant) {
-        while let Some(l) = self.local.pop_front() {
-            let Some(att) = self.running() else {
-                self.local.clear();
-                return;
-            };
-            if l.message.header.attempt != att.number {
-                continue;
-            }
-            let result = if l.to_leader {
-                self.leader_dispatch(now, &l.message, l.envelope.as_deref(), &Auth::Local)
-            } else {
-                self.member_dispatch(now, &l.message, &Auth::Local)
-            };
-            if let Err(reason) = result {
-                let from = self.me;
-                self.event(Event::Rejected { from, reason });
-            }
+    /// Delivers one message between this member's roles.
+    fn deliver_local(&mut self, l: Local) {
+        let now = self.local_now;
+        let Some(att) = self.running() else {
+            self.local.clear();
+            return;
+        };
+        if l.message.header.attempt != att.number {
+            return;
+        }
+        let result = if l.to_leader {
+            self.leader_dispatch(now, &l.message, l.envelope.as_deref(), &Auth::Local)
+        } else {
+            self.member_dispatch(now, &l.message, &Auth::Local)
+        };
+        if let Err(reason) = result {
+            let from = self.me;
+            self.event(Event::Rejected { from, reason });
         }
     }
 
