@@ -8,6 +8,10 @@
 //! a crash: the round emits [`crate::Output::PersistReveal`] before the
 //! corresponding send, the driver writes it durably before acting on any
 //! later output, and a restarted [`crate::Round`] is given the record back.
+//! The entry is made when the member signs U3, right after its signature:
+//! the leader may only ask to unmask for the U3 the member signed, so the
+//! reveal is decided then, and the write overlaps the leader's gathering of
+//! signatures instead of delaying the reveal.
 //! The round refuses any reveal the record forbids, and never joins afresh
 //! an attempt the record shows it revealed in.
 

@@ -402,3 +402,51 @@ fn the_reveal_record_refuses_the_other_kind() {
             .revealed_in(1)
     );
 }
+
+#[test]
+fn a_reveal_is_recorded_when_u3_is_signed_once_and_matches_what_is_sent() {
+    let config = SimConfig::new(5, 8, 71);
+    let leader = leader_of_attempt0(&config);
+    let report = run(config);
+    check_outcomes(&report);
+    for m in report.members.iter().filter(|m| m.id != leader) {
+        let position = |f: &dyn Fn(&LogEntry) -> bool| m.log.iter().position(f);
+        let signed = position(&|l| {
+            matches!(
+                l,
+                LogEntry::Sent {
+                    kind: MessageKind::ConsistencySignature,
+                    ..
+                }
+            )
+        })
+        .expect("signed U3");
+        let persisted: Vec<usize> = (0..m.log.len())
+            .filter(|i| matches!(m.log[*i], LogEntry::Persisted(_)))
+            .collect();
+        let revealed = position(&|l| {
+            matches!(
+                l,
+                LogEntry::Sent {
+                    kind: MessageKind::UnmaskShares,
+                    ..
+                }
+            )
+        })
+        .expect("revealed");
+        // Right after the signature, long before the leader asks to unmask,
+        // and only once.
+        assert_eq!(persisted, vec![signed + 1], "{}", m.id);
+        let LogEntry::Persisted(entry) = &m.log[signed + 1] else {
+            unreachable!()
+        };
+        assert!(revealed > signed + 1);
+        let mut recorded = entry.revealed.clone();
+        recorded.sort();
+        let sent = m.revealed_sent();
+        assert_eq!(sent.len(), 1);
+        let (attempt, mut pairs) = sent[0].clone();
+        pairs.sort();
+        assert_eq!((attempt, pairs), (entry.attempt, recorded), "{}", m.id);
+    }
+}

@@ -96,6 +96,9 @@ pub(crate) struct Signed {
     u2: Vec<MemberId>,
     u3: Vec<MemberId>,
     held: BTreeMap<MemberId, (Share, Share)>,
+    /// Whether the reveal this U3 calls for is in the record already (see
+    /// [`Round::record_reveal`]).
+    recorded: bool,
 }
 
 /// A masked input ready to go: for this member's own leader role, or
@@ -617,10 +620,12 @@ impl<R: CryptoRng> Round<R> {
         } = *held;
         let statement = consistency_statement(&binding.header(me), &p.survivors);
         let signature = self.identity.sign(CONSISTENCY_SIGNATURE, &statement);
+        let entry = self.record_reveal(binding.attempt, &u2, &p.survivors);
         self.set_member(MemberPhase::AwaitingProof(Box::new(Signed {
             u2,
             u3: p.survivors.clone(),
             held,
+            recorded: entry.is_some(),
         })));
         let leader = self.leader_of(binding.attempt);
         self.send(
@@ -629,6 +634,12 @@ impl<R: CryptoRng> Round<R> {
                 signature: signature.into(),
             }),
         );
+        if let Some(entry) = entry {
+            // After the signature: the record becomes durable while the
+            // leader gathers the others' signatures, not after its request
+            // to unmask, when it would hold up the reveal.
+            self.outputs.push_back(super::Output::PersistReveal(entry));
+        }
         if let Some(proof) = early_proof
             && let Payload::UnmaskRequest(req) = &proof.payload
             && let Err(reason) = self.member_on_proof(now, &proof, req, &Auth::Local)
@@ -729,10 +740,21 @@ impl<R: CryptoRng> Round<R> {
         Ok(())
     }
 
-    /// Reveals b_v shares for U3 and mask-key shares for U2 \ U3, after
-    /// checking the record and asking the driver to persist it.
-    fn reveal(&mut self, attempt: u32, signed: Signed) {
-        let Signed { u2, u3, held } = signed;
+    /// What revealing for `u3` means (b_v shares for U3, mask-key shares
+    /// for U2 \ U3), added to the record when the record allows it. The
+    /// entry returned is for the driver to make durable, which it does
+    /// before anything after it in the outputs happens; `None` when the
+    /// record forbids it (the reveal is then withheld, see [`Self::reveal`]).
+    ///
+    /// Called when this member signs U3: the leader may only ask to unmask
+    /// for the U3 this member signed, so the reveal is decided then, and
+    /// recording it early only ever forbids more.
+    fn record_reveal(
+        &mut self,
+        attempt: u32,
+        u2: &[MemberId],
+        u3: &[MemberId],
+    ) -> Option<RevealEntry> {
         let revealed: Vec<(MemberId, ShareKind)> = u2
             .iter()
             .map(|v| {
@@ -744,26 +766,49 @@ impl<R: CryptoRng> Round<R> {
                 (*v, kind)
             })
             .collect();
-        if let Some(&(member, kind)) = revealed
+        if revealed
             .iter()
-            .find(|(v, k)| !self.reveals.allows(attempt, *v, *k))
+            .any(|(v, k)| !self.reveals.allows(attempt, *v, *k))
         {
-            self.event(Event::RevealWithheld {
-                attempt,
-                member,
-                kind,
-            });
-            self.set_member(MemberPhase::Spectating);
-            return;
+            return None;
         }
         let entry = RevealEntry {
             round: self.config.round,
             attempt,
             revealed,
         };
-        if self.reveals.add(&entry).is_err() {
-            // `allows` passed for every pair, so this cannot happen; reveal
-            // nothing rather than trust that.
+        // `allows` passed for every pair, so this cannot fail; record
+        // nothing (and so reveal nothing) rather than trust that.
+        self.reveals.add(&entry).ok()?;
+        Some(entry)
+    }
+
+    /// Reveals b_v shares for U3 and mask-key shares for U2 \ U3, as
+    /// recorded (durably: the driver persisted the entry before this
+    /// member's next input) when it signed U3.
+    fn reveal(&mut self, attempt: u32, signed: Signed) {
+        let Signed {
+            u2,
+            u3,
+            held,
+            recorded,
+        } = signed;
+        if !recorded {
+            let forbidden = u2.iter().find_map(|v| {
+                let kind = if u3.binary_search(v).is_ok() {
+                    ShareKind::SelfMask
+                } else {
+                    ShareKind::MaskKey
+                };
+                (!self.reveals.allows(attempt, *v, kind)).then_some((*v, kind))
+            });
+            if let Some((member, kind)) = forbidden {
+                self.event(Event::RevealWithheld {
+                    attempt,
+                    member,
+                    kind,
+                });
+            }
             self.set_member(MemberPhase::Spectating);
             return;
         }
@@ -780,8 +825,6 @@ impl<R: CryptoRng> Round<R> {
                 mask_key.push(share(*v, k));
             }
         }
-        // The record first: the driver makes it durable before the send.
-        self.outputs.push_back(super::Output::PersistReveal(entry));
         self.set_member(MemberPhase::AwaitingOutcome);
         let leader = self.leader_of(attempt);
         self.send(
