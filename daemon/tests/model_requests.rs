@@ -20,7 +20,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use primia_tests::{Consortium, Settings};
 use primiad::identity::NodeIdentity;
-use primiad::net::codec::{BULK_PROTOCOL, BulkCodec, BulkRequest};
+use primiad::net::codec::{BULK_PROTOCOL, BulkCodec, BulkMessage};
 use primiad::node::wire::{self, Request, Response};
 use primiad::store::ModelHash;
 use tokio::sync::{mpsc, watch};
@@ -114,17 +114,17 @@ struct Stalling {
 
 impl request_response::Codec for Stalling {
     type Protocol = StreamProtocol;
-    type Request = BulkRequest;
-    type Response = Vec<u8>;
+    type Request = BulkMessage;
+    type Response = BulkMessage;
 
-    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<BulkRequest>
+    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<BulkMessage>
     where
         T: AsyncRead + Unpin + Send,
     {
         self.inner.read_request(p, io).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BulkMessage>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -142,14 +142,14 @@ impl request_response::Codec for Stalling {
         }
         let mut body = vec![0; len];
         io.read_exact(&mut body).await?;
-        Ok(body)
+        Ok(body.into())
     }
 
     async fn write_request<T>(
         &mut self,
         p: &StreamProtocol,
         io: &mut T,
-        req: BulkRequest,
+        req: BulkMessage,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
@@ -161,7 +161,7 @@ impl request_response::Codec for Stalling {
         &mut self,
         p: &StreamProtocol,
         io: &mut T,
-        res: Vec<u8>,
+        res: BulkMessage,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
@@ -228,6 +228,7 @@ async fn many_model_requests_at_once_are_all_answered() {
                     ..
                 }) => {
                     let asked = pending.remove(&request_id).expect("a request of ours");
+                    let response = response.into_vec();
                     match wire::decode_response(&response).unwrap() {
                         Response::Model(blob) => {
                             assert_eq!(asked, hash);
@@ -320,7 +321,7 @@ async fn askers_that_stop_reading_hold_one_turn_each() {
             | AskersEvent::Reading(request_response::Event::Message {
                 message: request_response::Message::Response { response, .. },
                 ..
-            }) => response,
+            }) => response.into_vec(),
             e => panic!("asker {who}: {}\n{}", describe(&e), c.logs()),
         };
         match wire::decode_response(&response).unwrap() {

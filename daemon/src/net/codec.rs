@@ -171,16 +171,16 @@ where
     io.flush().await
 }
 
-/// A bulk request: one frame on the wire, held as shared parts, so that a
-/// message for several members, or a large message and a small trailer,
-/// go out without being copied into one buffer first. An incoming request
-/// is always one part.
+/// A bulk request or response: one frame on the wire, held as shared
+/// parts, so that a message for several members, or a large message and a
+/// small trailer, go out without being copied into one buffer first. An
+/// incoming message is always one part.
 #[derive(Clone, Default)]
-pub struct BulkRequest {
+pub struct BulkMessage {
     parts: Vec<Bytes>,
 }
 
-impl BulkRequest {
+impl BulkMessage {
     /// The parts, sent one after the other as one payload.
     pub fn from_parts(parts: impl IntoIterator<Item = Bytes>) -> Self {
         Self {
@@ -212,24 +212,24 @@ impl BulkRequest {
     }
 }
 
-impl From<Vec<u8>> for BulkRequest {
+impl From<Vec<u8>> for BulkMessage {
     fn from(v: Vec<u8>) -> Self {
         Self::from_parts([Bytes::from(v)])
     }
 }
 
-impl From<Bytes> for BulkRequest {
+impl From<Bytes> for BulkMessage {
     fn from(b: Bytes) -> Self {
         Self::from_parts([b])
     }
 }
 
-impl std::fmt::Debug for BulkRequest {
+impl std::fmt::Debug for BulkMessage {
     // A payload can be megabytes: its length and parts only.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "BulkRequest(len = {}, parts = {})",
+            "BulkMessage(len = {}, parts = {})",
             self.len(),
             self.parts.len()
         )
@@ -238,31 +238,32 @@ impl std::fmt::Debug for BulkRequest {
 
 impl Codec for BulkCodec {
     type Protocol = StreamProtocol;
-    /// Shared parts (see [`BulkRequest`]).
-    type Request = BulkRequest;
-    type Response = Vec<u8>;
+    /// Shared parts (see [`BulkMessage`]).
+    type Request = BulkMessage;
+    /// Shared parts too: a round message answered to several members.
+    type Response = BulkMessage;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BulkRequest>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BulkMessage>
     where
         T: AsyncRead + Unpin + Send,
     {
         let result = read_frame(io, self.max_request_bytes, "request").await;
-        self.count_bad(result).map(BulkRequest::from)
+        self.count_bad(result).map(BulkMessage::from)
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BulkMessage>
     where
         T: AsyncRead + Unpin + Send,
     {
         let result = read_frame(io, self.max_response_bytes, "response").await;
-        self.count_bad(result)
+        self.count_bad(result).map(BulkMessage::from)
     }
 
     async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: BulkRequest,
+        req: BulkMessage,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
@@ -275,12 +276,13 @@ impl Codec for BulkCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: Vec<u8>,
+        res: BulkMessage,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res, self.max_response_bytes, "response").await
+        let parts: Vec<&[u8]> = res.parts.iter().map(|p| &p[..]).collect();
+        write_frame_parts(io, &parts, self.max_response_bytes, "response").await
     }
 }
 
@@ -322,14 +324,14 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("12 bytes"), "{err}");
 
-        let req = BulkRequest::from_parts([Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]);
+        let req = BulkMessage::from_parts([Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]);
         assert_eq!(req.len(), 4);
         assert!(!req.is_empty());
-        assert_eq!(format!("{req:?}"), "BulkRequest(len = 4, parts = 2)");
+        assert_eq!(format!("{req:?}"), "BulkMessage(len = 4, parts = 2)");
         assert_eq!(req.into_vec(), b"abcd");
-        let one = BulkRequest::from(b"xyz".to_vec());
+        let one = BulkMessage::from(b"xyz".to_vec());
         assert_eq!(one.into_vec(), b"xyz");
-        assert!(BulkRequest::default().is_empty());
+        assert!(BulkMessage::default().is_empty());
     }
 
     /// Hands out at most 7 bytes per read, returning `Pending` in between

@@ -23,7 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, build_swarm};
-use super::codec::{BulkCodec, BulkRequest};
+use super::codec::{BulkCodec, BulkMessage};
 use super::config::{peer_id_of, without_peer_id};
 use super::{Answer, Command, NetConfig, NetError, NetEvent, NetStats, ResponseHandle};
 
@@ -46,8 +46,14 @@ type ReplyTo = (PeerId, oneshot::Sender<Result<Vec<u8>, NetError>>);
 /// after one): a turn can never be lost for good.
 const HOLD_AT_MOST: u32 = 2;
 
-type PendingResponse =
-    BoxFuture<'static, (InboundRequestId, ResponseChannel<Vec<u8>>, Option<Answer>)>;
+type PendingResponse = BoxFuture<
+    'static,
+    (
+        InboundRequestId,
+        ResponseChannel<BulkMessage>,
+        Option<Answer>,
+    ),
+>;
 
 /// When to dial a disconnected member next.
 #[derive(Debug, Clone, Copy)]
@@ -456,7 +462,7 @@ impl EventLoop {
     fn on_response_ready(
         &mut self,
         id: InboundRequestId,
-        channel: ResponseChannel<Vec<u8>>,
+        channel: ResponseChannel<BulkMessage>,
         answer: Option<Answer>,
     ) {
         match answer {
@@ -638,7 +644,7 @@ impl EventLoop {
         }
     }
 
-    fn on_bulk(&mut self, event: request_response::Event<BulkRequest, Vec<u8>>) {
+    fn on_bulk(&mut self, event: request_response::Event<BulkMessage, BulkMessage>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -678,7 +684,7 @@ impl EventLoop {
                     response,
                 } => {
                     if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+                        let _ = reply.send(Ok(response.into_vec()));
                     }
                 }
             },

@@ -34,7 +34,7 @@ use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-pub use codec::BulkRequest;
+pub use codec::BulkMessage;
 pub use config::{
     DEFAULT_MAX_BULK_MESSAGE_BYTES, DEFAULT_MAX_GOSSIP_MESSAGE_BYTES, NetConfig, NetLimits,
     peer_id_of,
@@ -206,7 +206,7 @@ pub struct ResponseHandle {
 /// A response on its way to the event loop, and what must live as long as
 /// it is being sent.
 pub(crate) struct Answer {
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: BulkMessage,
     pub(crate) hold: Option<Box<dyn Send>>,
 }
 
@@ -219,9 +219,10 @@ impl fmt::Debug for ResponseHandle {
 impl ResponseHandle {
     /// Sends `payload` as the response. Fails if it is over the configured
     /// cap, or if the request is gone (timed out, the peer left, or the
-    /// event loop stopped).
-    pub fn respond(self, payload: Vec<u8>) -> Result<(), NetError> {
-        self.answer(payload, None)
+    /// event loop stopped). Like a request, it may be a [`BulkMessage`] of
+    /// shared parts, sent without being copied into one buffer.
+    pub fn respond(self, payload: impl Into<BulkMessage>) -> Result<(), NetError> {
+        self.answer(payload.into(), None)
     }
 
     /// Sends `payload` as the response, and keeps `hold` (a turn, a
@@ -233,7 +234,7 @@ impl ResponseHandle {
         payload: Vec<u8>,
         hold: impl Send + 'static,
     ) -> Result<(), NetError> {
-        self.answer(payload, Some(Box::new(hold)))
+        self.answer(payload.into(), Some(Box::new(hold)))
     }
 
     /// Whether the request is gone (timed out, the peer left, or the event
@@ -242,7 +243,7 @@ impl ResponseHandle {
         self.tx.is_closed()
     }
 
-    fn answer(self, payload: Vec<u8>, hold: Option<Box<dyn Send>>) -> Result<(), NetError> {
+    fn answer(self, payload: BulkMessage, hold: Option<Box<dyn Send>>) -> Result<(), NetError> {
         if payload.len() > self.max_response_bytes {
             return Err(NetError::PayloadTooLarge {
                 what: "response",
@@ -299,7 +300,7 @@ pub(crate) enum Command {
     },
     Request {
         peer: PeerId,
-        payload: BulkRequest,
+        payload: BulkMessage,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
     Stats {
@@ -416,12 +417,12 @@ impl NetworkClient {
     /// dialing it first if needed. Fails on refusal, broken streams, a size
     /// cap on either side, or after the configured request timeout.
     ///
-    /// `payload` may be a `Vec<u8>`, or a [`BulkRequest`] of shared parts:
+    /// `payload` may be a `Vec<u8>`, or a [`BulkMessage`] of shared parts:
     /// a message for several members is then sent to each without a copy.
     pub async fn request(
         &self,
         peer: PeerId,
-        payload: impl Into<BulkRequest>,
+        payload: impl Into<BulkMessage>,
     ) -> Result<Vec<u8>, NetError> {
         let payload = payload.into();
         let guard = self.request_guard;
@@ -441,6 +442,12 @@ impl NetworkClient {
                 after_ms: guard.as_millis(),
             }),
         }
+    }
+
+    /// How long a request waits for its response at most, as the peer
+    /// sees it: whoever holds a request must answer well within this.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_guard.saturating_sub(REQUEST_GUARD)
     }
 
     /// Counters of refusals and failures so far.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
 use primia_crypto::{IdentityKey, fixed};
-use primia_protocol::{Event, Instant, MemberId, Outcome, Outgoing, Output, Roster};
+use primia_protocol::{Event, Instant, MemberId, Outcome, Outgoing, Output, RevealRecord, Roster};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, error, info, trace, warn};
@@ -24,7 +24,7 @@ use super::wire::{self, Announcement, Gossip, Request, Response, RoundFrame};
 use crate::config::{Config, LoadedRoster};
 use crate::control::{ModelStatus, RoundStatus, SNAPSHOT_VERSION, StatusSnapshot, phase_name};
 use crate::identity::NodeIdentity;
-use crate::net::{BulkRequest, NetEvent, NetworkClient, ResponseHandle};
+use crate::net::{BulkMessage, NetEvent, NetworkClient, ResponseHandle};
 use crate::store::{
     AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, PrivacySpent,
     Store, StoreUsage, now_unix_ms,
@@ -52,8 +52,28 @@ const MIN_LINGER: Duration = Duration::from_secs(5);
 /// both settings lines) reaches the asker first.
 const SETTINGS_REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
+/// Longest time a leader holds a member's round message unanswered (see
+/// [`Parked`]); less where the request timeout is shorter.
+const PARK_LIMIT: Duration = Duration::from_secs(10);
+
+/// A member's round message to this member while it leads the attempt,
+/// held unanswered: the answer carries the leader's next round message for
+/// that member ([`Response::Round`]), so that instruction costs no request
+/// of its own (a stream, an acknowledgement, and for a message to every
+/// member a gossip flood). Answered with an acknowledgement instead when
+/// the member sends again, the hold reaches its limit, or the round moves
+/// on without this member leading it. At most one per member.
+struct Parked {
+    reply: ResponseHandle,
+    round: u64,
+    until: TokioInstant,
+}
+
 /// Work done by other tasks, reported back to the loop.
 enum Internal {
+    /// A member answered a round message with a round message of its own
+    /// (a [`Response::Round`], whole).
+    Answered { from: MemberId, payload: Vec<u8> },
     /// The update source finished preparing `round`'s update.
     UpdateReady {
         round: u64,
@@ -291,6 +311,25 @@ pub(super) struct Driver {
     evaluated: Option<u64>,
     /// The differential-privacy budget spent, as the store has it.
     privacy: PrivacySpent,
+    /// The reveal record of the round after the current model, as the
+    /// store has it: read at start, then kept in step with every entry
+    /// this member persists, so that starting a round needs no read (a
+    /// trip to the blocking pool on every round's critical path). A model
+    /// this member commits was not committed by an earlier life of it, so
+    /// no earlier life took part in the round after it: that round's record
+    /// starts empty.
+    reveals: RevealRecord,
+    /// Members' round messages held for the answer (see [`Parked`]).
+    parked: BTreeMap<MemberId, Parked>,
+    /// How long one is held at most.
+    park_limit: Duration,
+}
+
+/// Answers a held round message with a plain acknowledgement.
+fn acknowledge(reply: ResponseHandle) {
+    if let Err(e) = reply.respond(wire::encode_response(&Response::Ack)) {
+        debug!(error = %e, "acknowledgement not sent");
+    }
 }
 
 /// Runs blocking store work off the event loop's thread.
@@ -341,6 +380,11 @@ impl Driver {
             let store = Arc::clone(&store);
             blocking(move || store.privacy_spent()).await??
         };
+        let reveals = {
+            let store = Arc::clone(&store);
+            let round = model.round + 1;
+            blocking(move || store.reveal_record(round)).await??
+        };
         let protocol_roster = Arc::new(roster.roster.clone());
         let members = protocol_roster.len();
         let announcement = Announcement::sign(
@@ -353,6 +397,7 @@ impl Driver {
             created,
         );
         let (internal_tx, internal_rx) = mpsc::channel(64);
+        let park_limit = PARK_LIMIT.min(net.request_timeout() / 2);
         let started_unix_ms = now_unix_ms();
         let epoch = TokioInstant::now();
         let placeholder = StatusSnapshot {
@@ -428,6 +473,9 @@ impl Driver {
             metrics: metrics.into_iter().rev().collect(),
             evaluated: None,
             privacy,
+            reveals,
+            parked: BTreeMap::new(),
+            park_limit,
             config,
         };
         let target = driver.config.round.rounds;
@@ -507,6 +555,7 @@ impl Driver {
                     }
                 },
             }
+            self.release_parked();
             self.try_start().await?;
             if self.dirty {
                 self.publish_status();
@@ -526,6 +575,7 @@ impl Driver {
             self.stage_deadline(),
             self.fetch_due,
             self.settings_conflict.as_ref().map(|(at, _)| *at),
+            self.parked.values().map(|p| p.until).min(),
         ]
         .into_iter()
         .flatten()
@@ -645,8 +695,14 @@ impl Driver {
                 now,
             )))
         } else {
-            let store = Arc::clone(&self.store);
-            let record = blocking(move || store.reveal_record(round)).await??;
+            let record = if self.reveals.round() == round {
+                self.reveals.clone()
+            } else {
+                let store = Arc::clone(&self.store);
+                let record = blocking(move || store.reveal_record(round)).await??;
+                self.reveals = record.clone();
+                record
+            };
             Machine::secure(
                 Arc::clone(&self.protocol_roster),
                 Arc::clone(&self.identity),
@@ -920,6 +976,16 @@ impl Driver {
                         entry.round,
                         entry.attempt
                     );
+                    if self.reveals.round() == entry.round {
+                        self.reveals.add(&entry).map_err(|c| {
+                            anyhow::anyhow!(
+                                "the reveal of round {} attempt {} conflicts with this member's record (member {})",
+                                entry.round,
+                                c.attempt,
+                                c.member.0
+                            )
+                        })?;
+                    }
                 }
                 Output::Event(event) => {
                     if let Some(e) = self.on_event(runner, event).await? {
@@ -1004,14 +1070,16 @@ impl Driver {
         Ok(None)
     }
 
-    /// Puts a round message on the network. A control message for every
-    /// member (the leader's announcements) goes on gossip; anything for one
-    /// member, and every bulk message, goes straight to its recipients as a
-    /// request. Gossip floods each message to every member and every member
-    /// relays it, which suits one-to-all announcements; a message for one
-    /// member sent that way costs the whole consortium (measured with the
-    /// round bench at 10 members and 100,000 parameters: about half the
-    /// round's time went to the control phases on gossip alone).
+    /// Puts a round message on the network. A member whose message this
+    /// leader holds gets it as the answer to that message (see [`Parked`]).
+    /// Otherwise a control message for every member (a leader's
+    /// announcement when no member's message is held, as after a long wait)
+    /// goes on gossip, and anything else goes straight to its recipients
+    /// as a request. Gossip floods each message to every member and every
+    /// member relays it, which suits one-to-all announcements; a message
+    /// for one member sent that way costs the whole consortium (measured
+    /// with the round bench at 10 members and 100,000 parameters: about
+    /// half the round's time went to the control phases on gossip alone).
     async fn send(&mut self, round: u64, base: ModelHash, to: Option<MemberId>, message: Outgoing) {
         trace!(kind = ?message.kind, to = ?to.map(|t| self.name_of(t)), bytes = message.bytes.len(), "round message out");
         let frame = RoundFrame {
@@ -1020,31 +1088,68 @@ impl Driver {
             to,
             envelope: &message.bytes,
         };
-        if to.is_none() && !message.kind.is_bulk() {
-            if let Err(e) = self.net.publish(frame.encode()).await {
-                debug!(kind = ?message.kind, error = %e, "control message not published");
-            }
-            return;
-        }
         let targets: Vec<MemberId> = match to {
             Some(t) => vec![t],
             None => self.others().collect(),
         };
+        let everyone = targets.len();
         // The envelope as it is (shared with the round, and between the
         // targets of an outcome) and the frame's trailer after it: no copy
         // of megabytes per message.
-        let trailer = bytes::Bytes::copy_from_slice(&frame.trailer());
-        let frame = BulkRequest::from_parts([bytes::Bytes::from_owner(message.bytes), trailer]);
-        for t in &targets {
+        let trailer = frame.trailer();
+        let answer_trailer = bytes::Bytes::copy_from_slice(&frame.response_trailer());
+        let envelope = bytes::Bytes::from_owner(message.bytes);
+        let mut rest = Vec::with_capacity(targets.len());
+        for t in targets {
+            match self.parked.remove(&t) {
+                Some(p) if p.round == round => {
+                    let answer =
+                        BulkMessage::from_parts([envelope.clone(), answer_trailer.clone()]);
+                    if p.reply.respond(answer).is_err() {
+                        // The member's request is gone: send it anew.
+                        rest.push(t);
+                    }
+                }
+                Some(p) => {
+                    acknowledge(p.reply);
+                    rest.push(t);
+                }
+                None => rest.push(t),
+            }
+        }
+        if rest.is_empty() {
+            return;
+        }
+        if to.is_none() && !message.kind.is_bulk() && rest.len() == everyone {
+            let mut framed = Vec::with_capacity(envelope.len() + trailer.len());
+            framed.extend_from_slice(&envelope);
+            framed.extend_from_slice(&trailer);
+            if let Err(e) = self.net.publish(framed).await {
+                debug!(kind = ?message.kind, error = %e, "control message not published");
+            }
+            return;
+        }
+        let frame = BulkMessage::from_parts([envelope, bytes::Bytes::copy_from_slice(&trailer)]);
+        for t in rest {
             let bytes = frame.clone();
             let peer = self.roster.peer_ids[t.index()];
             let net = self.net.clone();
+            let internal = self.internal_tx.clone();
             let kind = message.kind;
-            let member = self.name_of(*t);
+            let member = self.name_of(t);
             tokio::spawn(async move {
                 match net.request(peer, bytes).await {
                     Ok(resp) => match wire::decode_response(&resp) {
                         Ok(Response::Ack) => {}
+                        Ok(Response::Round(_)) => {
+                            // Its next message for this member, as the answer.
+                            let _ = internal
+                                .send(Internal::Answered {
+                                    from: t,
+                                    payload: resp,
+                                })
+                                .await;
+                        }
                         Ok(other) => {
                             debug!(%member, ?kind, answer = ?other, "unexpected answer to a round message")
                         }
@@ -1053,7 +1158,7 @@ impl Driver {
                         }
                     },
                     Err(e) => {
-                        debug!(%member, ?kind, error = %e, "bulk round message not delivered")
+                        debug!(%member, ?kind, error = %e, "round message not delivered")
                     }
                 }
             });
@@ -1215,6 +1320,9 @@ impl Driver {
         );
         self.latest_of.insert(self.me, self.announcement);
         self.fetch_due = None;
+        if self.reveals.round() != model.round + 1 {
+            self.reveals = RevealRecord::new(model.round + 1);
+        }
         self.model = model;
         self.model_hash = hash;
         self.model_created_unix_ms = created;
@@ -1350,9 +1458,16 @@ impl Driver {
         };
         match wire::decode_request(&payload) {
             Ok(Request::Round(frame)) => {
-                // Acknowledge first: the sender only learns it arrived.
-                answer(reply, Response::Ack);
-                if frame.to.is_none_or(|t| t == self.me) {
+                let for_me = frame.to.is_none_or(|t| t == self.me);
+                if for_me && self.leads(frame.round) {
+                    // Held before the round sees the message, which may
+                    // be the one its answer waits for.
+                    self.park(from, frame.round, reply);
+                } else {
+                    // Acknowledged first: the sender only learns it arrived.
+                    answer(reply, Response::Ack);
+                }
+                if for_me {
                     let meta = FrameMeta::of(&frame);
                     // The envelope is the payload before the frame's
                     // trailer: keep the buffer instead of copying it.
@@ -1417,6 +1532,52 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Whether this member leads the current attempt of `round`, running
+    /// here now.
+    fn leads(&self, round: u64) -> bool {
+        matches!(&self.stage, Stage::Running(r) if r.round == round && r.leader() == Some(self.me))
+    }
+
+    /// Holds a member's round message for the answer (see [`Parked`]).
+    fn park(&mut self, from: MemberId, round: u64, reply: ResponseHandle) {
+        let until = TokioInstant::now() + self.park_limit;
+        if let Some(old) = self.parked.insert(
+            from,
+            Parked {
+                reply,
+                round,
+                until,
+            },
+        ) {
+            acknowledge(old.reply);
+        }
+    }
+
+    /// Acknowledges the held messages that will get no round message for
+    /// an answer: held for as long as they may be, or of a round this
+    /// member does not lead (any more).
+    fn release_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = TokioInstant::now();
+        let leading = match &self.stage {
+            Stage::Running(r) if r.leader() == Some(self.me) => Some(r.round),
+            _ => None,
+        };
+        let done: Vec<MemberId> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now || Some(p.round) != leading)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in done {
+            if let Some(p) = self.parked.remove(&m) {
+                acknowledge(p.reply);
+            }
+        }
     }
 
     /// Routes a round message by its round and base model.
@@ -1648,6 +1809,18 @@ impl Driver {
                     self.take_update(result).await?;
                 } else {
                     self.prepared = Some((round, result));
+                }
+            }
+            Internal::Answered { from, mut payload } => {
+                let frame = match wire::decode_response(&payload) {
+                    Ok(Response::Round(frame)) => frame,
+                    _ => return Ok(()),
+                };
+                if frame.to.is_none_or(|t| t == self.me) {
+                    let meta = FrameMeta::of(&frame);
+                    // The envelope is the answer before the frame's trailer.
+                    payload.truncate(payload.len() - wire::ROUND_TRAILER_BYTES);
+                    self.on_frame(from, meta, Envelope::Owned(payload)).await?;
                 }
             }
             Internal::Evaluated {

@@ -12,11 +12,14 @@
 //!   round network messages and timeouts. Every round message travels in a
 //!   frame that names the round and the base ([`wire::RoundFrame`]); a
 //!   message whose base differs from this member's never reaches the round,
-//!   so members only ever aggregate updates to the same model. The
-//!   leader's small announcements to every member go over gossip; messages
-//!   for one member (to or from the leader) and bulk ones (masked inputs,
-//!   outcomes, as [`primia_protocol::MessageKind::is_bulk`] says) go straight
-//!   to their recipients over request-response. A
+//!   so members only ever aggregate updates to the same model. Members send
+//!   their messages to the leader over request-response, and the leader
+//!   holds each request until it has its next message for that member (the
+//!   announcement of the next phase, the member's shares, the outcome),
+//!   which goes back as the answer ([`wire::Response::Round`]); a request
+//!   held too long is acknowledged and the message then goes by request of
+//!   its own, or, for an announcement to every member when none is held,
+//!   over gossip. A
 //!   [`primia_protocol::Output::PersistReveal`] is written to the store and
 //!   flushed before any later output of the round is carried out.
 //! - **Outcomes.** The new model is the base plus the weighted mean of the

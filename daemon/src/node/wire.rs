@@ -44,6 +44,7 @@ const RESP_LATEST: u8 = 0x81;
 const RESP_MODEL: u8 = 0x82;
 const RESP_NOT_FOUND: u8 = 0x83;
 const RESP_REFUSED: u8 = 0x84;
+const RESP_ROUND: u8 = 0x85;
 
 /// Longest reason in a refusal, in bytes: room for a member's settings line.
 pub const MAX_REFUSAL_BYTES: usize = 512;
@@ -121,11 +122,20 @@ impl RoundFrame<'_> {
     /// The bytes after the envelope: the frame is `envelope ++ trailer`,
     /// so a transport that sends parts can send the envelope as it is.
     pub fn trailer(&self) -> [u8; ROUND_TRAILER_BYTES] {
+        self.trailer_tagged(TAG_ROUND)
+    }
+
+    /// The bytes after the envelope of the frame as a [`Response::Round`].
+    pub fn response_trailer(&self) -> [u8; ROUND_TRAILER_BYTES] {
+        self.trailer_tagged(RESP_ROUND)
+    }
+
+    fn trailer_tagged(&self, tag: u8) -> [u8; ROUND_TRAILER_BYTES] {
         let mut out = [0u8; ROUND_TRAILER_BYTES];
         out[..8].copy_from_slice(&self.round.to_le_bytes());
         out[8..40].copy_from_slice(&self.base.0);
         out[40..42].copy_from_slice(&self.to.map_or(TO_ALL, |m| m.0).to_le_bytes());
-        out[42] = TAG_ROUND;
+        out[42] = tag;
         out[43] = VERSION;
         out
     }
@@ -272,6 +282,12 @@ pub enum Response<'a> {
     NotFound,
     /// The request was refused; layout `reason | RESP_REFUSED | VERSION`.
     Refused(&'a str),
+    /// Received (a round message), and answered with the responder's next
+    /// round message for the asker: a leader holds a member's message to
+    /// it until it has the member's next instruction, which then costs no
+    /// request of its own. Layout: a round frame's, with `RESP_ROUND` for
+    /// its tag (see [`RoundFrame::response_trailer`]).
+    Round(RoundFrame<'a>),
 }
 
 /// Bytes after a model blob in a [`Response::Model`]: truncate a response
@@ -370,6 +386,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response<'_>, WireError> {
                 .map(Response::Refused)
                 .map_err(|_| bad)
         }
+        RESP_ROUND => decode_round(body).map(Response::Round),
         tag => Err(WireError::Tag(tag)),
     }
 }
@@ -405,6 +422,12 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
                 end -= 1;
             }
             (reason.as_bytes()[..end].to_vec(), RESP_REFUSED)
+        }
+        Response::Round(frame) => {
+            let mut out = Vec::with_capacity(frame.envelope.len() + ROUND_TRAILER_BYTES);
+            out.extend_from_slice(frame.envelope);
+            out.extend_from_slice(&frame.response_trailer());
+            return out;
         }
     };
     out.extend_from_slice(&[tag, VERSION]);
@@ -538,6 +561,23 @@ mod tests {
             ..f
         };
         assert_eq!(decode_gossip(&all.encode()).unwrap(), Gossip::Round(all));
+        // As an answer: the same layout with its own tag.
+        let resp = encode_response(&Response::Round(f));
+        assert_eq!(resp[..resp.len() - 2], bytes[..bytes.len() - 2]);
+        assert_eq!(resp[resp.len() - 2..], [RESP_ROUND, VERSION]);
+        assert_eq!(
+            resp[resp.len() - ROUND_TRAILER_BYTES..],
+            f.response_trailer()
+        );
+        assert_eq!(decode_response(&resp).unwrap(), Response::Round(f));
+        assert!(matches!(
+            decode_request(&resp),
+            Err(WireError::Tag(RESP_ROUND))
+        ));
+        assert!(matches!(
+            decode_response(&bytes),
+            Err(WireError::Tag(TAG_ROUND))
+        ));
     }
 
     #[test]
@@ -667,7 +707,13 @@ mod tests {
             envelope: b"x",
         }
         .encode();
-        for msg in [frame, announcement().encode()] {
+        let answer = encode_response(&Response::Round(RoundFrame {
+            round: 1,
+            base: hash(1),
+            to: Some(MemberId(2)),
+            envelope: b"x",
+        }));
+        for msg in [frame, answer, announcement().encode()] {
             for cut in 0..msg.len() {
                 for part in [&msg[..cut], &msg[cut..]] {
                     let _ = decode_gossip(part);
