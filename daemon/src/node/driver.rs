@@ -303,7 +303,9 @@ pub(super) struct Driver {
     gate: Option<watch::Receiver<u64>>,
     /// Messages dropped because their base model differs from ours.
     base_mismatches: u64,
-    /// The update source's settings line (see [`UpdateSource::settings`]).
+    /// This member's settings line: the round protocol's generation
+    /// ([`wire::ROUND_PROTOCOL`]) and the update source's settings (see
+    /// [`UpdateSource::settings`]).
     settings: String,
     /// The newest metrics of this member, newest first.
     metrics: VecDeque<MetricsEntry>,
@@ -352,7 +354,11 @@ impl Driver {
         hooks: Hooks,
     ) -> anyhow::Result<(Self, watch::Receiver<StatusSnapshot>)> {
         let parameters = source.parameter_count();
-        let settings = source.settings();
+        let settings = format!(
+            "round-protocol={} {}",
+            wire::ROUND_PROTOCOL,
+            source.settings()
+        );
         let vector_len = parameters + 1;
         if vector_len > primia_protocol::wire::MAX_VECTOR_LEN {
             anyhow::bail!(
@@ -1706,7 +1712,8 @@ impl Driver {
     fn settings_error(&self, from: MemberId, theirs: &str) -> anyhow::Error {
         anyhow::anyhow!(
             "member {} uses other settings than this member, and every member must use the same \
-             (the [training] section of the config, except mode, and the data's classes):\n  \
+             (the primiad release's round protocol, the [training] section of the config, except \
+             mode, and the data's classes):\n  \
              {}: {theirs}\n  {} (this member): {}",
             self.name_of(from),
             self.name_of(from),

@@ -27,6 +27,15 @@ use crate::store::ModelHash;
 /// Version byte that ends every driver message.
 pub const VERSION: u8 = 1;
 
+/// Generation of the round exchange between daemons, the first word of
+/// every member's settings line (`round-protocol=N`). Members compare
+/// settings lines on every new connection, so daemons that would misread
+/// each other's round messages refuse each other, showing both lines,
+/// instead of failing rounds silently. Generation 2: a leader answers a
+/// member's round message with its next round message for it
+/// ([`Response::Round`]), which generation 1 cannot read.
+pub const ROUND_PROTOCOL: u32 = 2;
+
 /// Signing context of model announcements; distinct from every protocol
 /// context, so an announcement can never pass for a protocol message.
 pub const ANNOUNCE_SIGNATURE: &str = "primia 2026-11 daemon model announcement v1";
