@@ -10,6 +10,10 @@
 //!
 //! # Driver contract
 //!
+//! - After every input, take outputs until [`Round::poll_output`] returns
+//!   `None`: messages between this member's own two roles are delivered
+//!   while the outputs are taken, so the round's state (and
+//!   [`Round::poll_timeout`]) is complete only then.
 //! - Execute outputs in the order they come. An [`Output::PersistReveal`]
 //!   must be durable (written and synced) before the driver executes any
 //!   output after it: the send of the reveal it describes follows it.
