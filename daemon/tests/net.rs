@@ -9,7 +9,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use primiad::net::{NetConfig, NetError, NetEvent, Network, NetworkClient};
+use primiad::net::{BulkMessage, NetConfig, NetError, NetEvent, Network, NetworkClient};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -243,6 +243,55 @@ async fn three_members_discover_each_other_and_exchange_gossip_and_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_discover_each_other_and_exchange_gossip_and_requests() {
     check_cluster(5).await;
+}
+
+/// A leader holds members' round messages and answers each with its next
+/// message for that member: requests held unanswered for a while, then
+/// answered with shared parts (one large part for all, a small one each),
+/// reach every asker whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_answered_with_shared_parts_reach_every_asker() {
+    let mut nodes = cluster(3).await;
+    let target = nodes[0].peer;
+    let asks: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|i| {
+            let client = nodes[i].client.clone();
+            tokio::spawn(async move { client.request(target, payload(100, i as u8)).await })
+        })
+        .collect();
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        let (from, reply) = nodes[0]
+            .wait_for("a request to hold", |e| match e {
+                NetEvent::Request { from, reply, .. } => Some((from, reply)),
+                _ => None,
+            })
+            .await;
+        held.push((from, reply));
+    }
+    // Held past what a plain answer takes, the askers still waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(asks.iter().all(|a| !a.is_finished()));
+    let shared = bytes::Bytes::from(payload(3 << 20, 9));
+    for (from, reply) in held {
+        let own = bytes::Bytes::from(from.to_bytes());
+        reply
+            .respond(BulkMessage::from_parts([shared.clone(), own]))
+            .expect("response accepted");
+    }
+    for (i, ask) in asks.into_iter().enumerate() {
+        let answer = within("held request answered", ask)
+            .await
+            .unwrap()
+            .expect("answered");
+        let mut expected = shared.to_vec();
+        expected.extend_from_slice(&nodes[i + 1].peer.to_bytes());
+        assert!(answer == expected, "asker {} got another answer", i + 1);
+    }
+    for node in nodes {
+        node.shut_down().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
