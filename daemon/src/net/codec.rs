@@ -198,6 +198,15 @@ impl BulkMessage {
         self.parts.iter().all(Bytes::is_empty)
     }
 
+    /// Writes the parts as one frame (see [`write_frame_parts`]).
+    async fn write<T>(&self, io: &mut T, max_bytes: usize, what: &str) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let parts: Vec<&[u8]> = self.parts.iter().map(|p| &p[..]).collect();
+        write_frame_parts(io, &parts, max_bytes, what).await
+    }
+
     /// The payload in one buffer: without a copy when it is one part held
     /// nowhere else, as every incoming request is.
     pub fn into_vec(mut self) -> Vec<u8> {
@@ -268,8 +277,7 @@ impl Codec for BulkCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let parts: Vec<&[u8]> = req.parts.iter().map(|p| &p[..]).collect();
-        write_frame_parts(io, &parts, self.max_request_bytes, "request").await
+        req.write(io, self.max_request_bytes, "request").await
     }
 
     async fn write_response<T>(
@@ -281,8 +289,7 @@ impl Codec for BulkCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let parts: Vec<&[u8]> = res.parts.iter().map(|p| &p[..]).collect();
-        write_frame_parts(io, &parts, self.max_response_bytes, "response").await
+        res.write(io, self.max_response_bytes, "response").await
     }
 }
 

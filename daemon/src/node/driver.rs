@@ -1088,23 +1088,23 @@ impl Driver {
     /// half the round's time went to the control phases on gossip alone).
     async fn send(&mut self, round: u64, base: ModelHash, to: Option<MemberId>, message: Outgoing) {
         trace!(kind = ?message.kind, to = ?to.map(|t| self.name_of(t)), bytes = message.bytes.len(), "round message out");
+        let kind = message.kind;
+        // The envelope as it is (shared with the round, and between the
+        // targets of an outcome) and the frame's trailer after it: no copy
+        // of megabytes per message.
+        let envelope = bytes::Bytes::from_owner(message.bytes);
         let frame = RoundFrame {
             round,
             base,
             to,
-            envelope: &message.bytes,
+            envelope: &envelope,
         };
         let targets: Vec<MemberId> = match to {
             Some(t) => vec![t],
             None => self.others().collect(),
         };
         let everyone = targets.len();
-        // The envelope as it is (shared with the round, and between the
-        // targets of an outcome) and the frame's trailer after it: no copy
-        // of megabytes per message.
-        let trailer = frame.trailer();
         let answer_trailer = bytes::Bytes::copy_from_slice(&frame.response_trailer());
-        let envelope = bytes::Bytes::from_owner(message.bytes);
         let mut rest = Vec::with_capacity(targets.len());
         for t in targets {
             match self.parked.remove(&t) {
@@ -1126,22 +1126,19 @@ impl Driver {
         if rest.is_empty() {
             return;
         }
-        if to.is_none() && !message.kind.is_bulk() && rest.len() == everyone {
-            let mut framed = Vec::with_capacity(envelope.len() + trailer.len());
-            framed.extend_from_slice(&envelope);
-            framed.extend_from_slice(&trailer);
-            if let Err(e) = self.net.publish(framed).await {
-                debug!(kind = ?message.kind, error = %e, "control message not published");
+        if to.is_none() && !kind.is_bulk() && rest.len() == everyone {
+            if let Err(e) = self.net.publish(frame.encode()).await {
+                debug!(?kind, error = %e, "control message not published");
             }
             return;
         }
-        let frame = BulkMessage::from_parts([envelope, bytes::Bytes::copy_from_slice(&trailer)]);
+        let trailer = bytes::Bytes::copy_from_slice(&frame.trailer());
+        let frame = BulkMessage::from_parts([envelope.clone(), trailer]);
         for t in rest {
             let bytes = frame.clone();
             let peer = self.roster.peer_ids[t.index()];
             let net = self.net.clone();
             let internal = self.internal_tx.clone();
-            let kind = message.kind;
             let member = self.name_of(t);
             tokio::spawn(async move {
                 match net.request(peer, bytes).await {
@@ -1454,7 +1451,7 @@ impl Driver {
     async fn on_request(
         &mut self,
         from: MemberId,
-        mut payload: Vec<u8>,
+        payload: Vec<u8>,
         reply: ResponseHandle,
     ) -> anyhow::Result<()> {
         let answer = |reply: ResponseHandle, r: Response<'_>| {
@@ -1471,14 +1468,11 @@ impl Driver {
                     self.park(from, frame.round, reply);
                 } else {
                     // Acknowledged first: the sender only learns it arrived.
-                    answer(reply, Response::Ack);
+                    acknowledge(reply);
                 }
                 if for_me {
                     let meta = FrameMeta::of(&frame);
-                    // The envelope is the payload before the frame's
-                    // trailer: keep the buffer instead of copying it.
-                    payload.truncate(payload.len() - wire::ROUND_TRAILER_BYTES);
-                    self.on_frame(from, meta, Envelope::Owned(payload)).await?;
+                    self.on_framed(from, meta, payload).await?;
                 }
             }
             Ok(Request::Latest(theirs)) => {
@@ -1584,6 +1578,19 @@ impl Driver {
                 acknowledge(p.reply);
             }
         }
+    }
+
+    /// Routes a round frame as it came off the network (a request or an
+    /// answer, whole): the envelope is the bytes before the frame's
+    /// trailer, so the buffer is kept instead of copied.
+    async fn on_framed(
+        &mut self,
+        from: MemberId,
+        frame: FrameMeta,
+        mut bytes: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        bytes.truncate(bytes.len() - wire::ROUND_TRAILER_BYTES);
+        self.on_frame(from, frame, Envelope::Owned(bytes)).await
     }
 
     /// Routes a round message by its round and base model.
@@ -1818,16 +1825,14 @@ impl Driver {
                     self.prepared = Some((round, result));
                 }
             }
-            Internal::Answered { from, mut payload } => {
+            Internal::Answered { from, payload } => {
                 let frame = match wire::decode_response(&payload) {
                     Ok(Response::Round(frame)) => frame,
                     _ => return Ok(()),
                 };
                 if frame.to.is_none_or(|t| t == self.me) {
                     let meta = FrameMeta::of(&frame);
-                    // The envelope is the answer before the frame's trailer.
-                    payload.truncate(payload.len() - wire::ROUND_TRAILER_BYTES);
-                    self.on_frame(from, meta, Envelope::Owned(payload)).await?;
+                    self.on_framed(from, meta, payload).await?;
                 }
             }
             Internal::Evaluated {
