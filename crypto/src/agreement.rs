@@ -2,6 +2,7 @@
 
 use core::fmt;
 
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use rand_core::CryptoRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -73,6 +74,21 @@ impl AgreementPublic {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// Whether this key is a point of order dividing 8 (on the curve or its
+    /// twist, any encoding): exactly the keys for which
+    /// [`AgreementSecret::agree`] fails as non-contributory, whatever the
+    /// secret. An x25519 secret is clamped to a multiple of 8 below 2^255, so
+    /// `[k]P = [k/8]([8]P)` and `k/8` is below the prime order of either
+    /// group: the result is zero exactly when `[8]P` is.
+    ///
+    /// Costs four ladder steps and one inversion (a few microseconds),
+    /// where a test agreement costs a whole ladder.
+    pub fn is_low_order(&self) -> bool {
+        // 8 = 0b1000, most significant bit first.
+        let eight = [true, false, false, false];
+        MontgomeryPoint(self.0).mul_bits_be(eight.into_iter()).0 == [0u8; 32]
+    }
 }
 
 /// The raw x25519 output. Never used as a key directly: [`Self::derive`]
@@ -136,6 +152,71 @@ mod tests {
             .unwrap()
             .derive(kdf::PAIRWISE_MASK_SEED, &[]);
         assert_eq!(s1.expose(), s2.expose());
+    }
+
+    /// `is_low_order` agrees with the agreement itself: on every point of
+    /// order dividing 8 (the curve's eight-torsion, the twist's points of
+    /// order 4, with and without the high bit and the non-canonical
+    /// encodings u + p), and on random keys.
+    #[test]
+    fn low_order_keys_are_exactly_the_non_contributory_ones() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let secrets: Vec<_> = (0..4)
+            .map(|_| AgreementSecret::generate(&mut rng))
+            .collect();
+        // p = 2^255 - 19, little-endian; u + p for u < 19 is a second
+        // encoding of u that fits in 255 bits.
+        let add_p = |u: [u8; 32]| -> Option<[u8; 32]> {
+            let mut p = [0xffu8; 32];
+            p[0] = 0xed;
+            p[31] = 0x7f;
+            let mut out = [0u8; 32];
+            let mut carry = 0u16;
+            for i in 0..32 {
+                let v = u16::from(u[i]) + u16::from(p[i]) + carry;
+                out[i] = v as u8;
+                carry = v >> 8;
+            }
+            (carry == 0 && out[31] & 0x80 == 0).then_some(out)
+        };
+        let mut low: Vec<[u8; 32]> = EIGHT_TORSION
+            .iter()
+            .map(|t| t.to_montgomery().to_bytes())
+            .collect();
+        // The twist's point of order 4 lies over u = -1 = p - 1.
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        low.push(minus_one);
+        for u in low.clone() {
+            low.extend(add_p(u));
+            let mut high = u;
+            high[31] |= 0x80;
+            low.push(high);
+        }
+        low.sort();
+        low.dedup();
+        assert!(low.len() >= 10, "{} encodings", low.len());
+        for u in &low {
+            let key = AgreementPublic::from_bytes(*u);
+            assert!(key.is_low_order(), "{u:02x?}");
+            for s in &secrets {
+                assert_eq!(s.agree(&key).unwrap_err(), CryptoError::NonContributory);
+            }
+        }
+        for _ in 0..64 {
+            let mut u = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rng, &mut u);
+            let key = AgreementPublic::from_bytes(u);
+            assert!(!key.is_low_order());
+            assert!(secrets[0].agree(&key).is_ok());
+        }
+        // An honest key, and the ladder's own edge: the base point.
+        assert!(!secrets[1].public().is_low_order());
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        assert!(!AgreementPublic::from_bytes(nine).is_low_order());
     }
 
     #[test]

@@ -29,7 +29,9 @@
 //! rounds of one configuration vary by 10-20 % on a shared two-core
 //! machine).
 //! `ROUND_BENCH_ONLY=members:params[,members:params...]` picks
-//! configurations. With `RUST_LOG` set (e.g. `primiad=trace`), the nodes
+//! configurations. `ROUND_BENCH_MODE=secure` (or `plain`) runs one mode
+//! alone, for profiling one mode's CPU; no ratio is printed then. With
+//! `RUST_LOG` set (e.g. `primiad=trace`), the nodes
 //! log to stderr, every round message in and out included.
 //!
 //! # Phases
@@ -271,34 +273,49 @@ impl Consortium {
 }
 
 /// Runs `rounds + 1` rounds of a secure and a plain consortium of `n`
-/// nodes, alternating round by round so both see the same load; returns
-/// the measured rounds of each.
-fn run(n: usize, params: usize, rounds: u64) -> (Vec<Measured>, Vec<Measured>) {
+/// nodes (those of `modes`), alternating round by round so both see the
+/// same load; returns the measured rounds of each mode run.
+fn run(n: usize, params: usize, rounds: u64, modes: Modes) -> (Vec<Measured>, Vec<Measured>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let mut secure = Consortium::start(n, params, false).await;
-        let mut plain = Consortium::start(n, params, true).await;
+        let mut secure = match modes.secure {
+            true => Some(Consortium::start(n, params, false).await),
+            false => None,
+        };
+        let mut plain = match modes.plain {
+            true => Some(Consortium::start(n, params, true).await),
+            false => None,
+        };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (mut s, mut p) = (Vec::new(), Vec::new());
         for round in 1..=rounds + 1 {
             // Between rounds the stores settle and the next update is
             // prepared (as training would be during the pause).
-            let a = secure.round(round).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let b = plain.round(round).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if round > 1 {
-                s.push(a);
-                p.push(b);
+            for (c, out) in [(&mut secure, &mut s), (&mut plain, &mut p)] {
+                if let Some(c) = c {
+                    let m = c.round(round).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if round > 1 {
+                        out.push(m);
+                    }
+                }
             }
         }
-        secure.stop().await;
-        plain.stop().await;
+        for c in [secure, plain].into_iter().flatten() {
+            c.stop().await;
+        }
         (s, p)
     })
+}
+
+/// Which consortia a run starts (`ROUND_BENCH_MODE`).
+#[derive(Clone, Copy)]
+struct Modes {
+    secure: bool,
+    plain: bool,
 }
 
 fn main() {
@@ -327,12 +344,27 @@ fn main() {
             .collect(),
         Err(_) => vec![(3, 100_000), (3, 1_000_000), (10, 100_000), (10, 1_000_000)],
     };
+    let modes = match std::env::var("ROUND_BENCH_MODE").as_deref() {
+        Ok("secure") => Modes {
+            secure: true,
+            plain: false,
+        },
+        Ok("plain") => Modes {
+            secure: false,
+            plain: true,
+        },
+        Ok("both") | Err(_) => Modes {
+            secure: true,
+            plain: true,
+        },
+        Ok(other) => panic!("ROUND_BENCH_MODE={other}: expected secure, plain or both"),
+    };
     // `cargo bench` passes `--bench`; nothing else is understood.
     println!(
         "one round on loopback, gated start to every member holding the sum; median of {rounds} rounds after one warm-up"
     );
     for (n, params) in configs {
-        let (secure, plain) = run(n, params, rounds);
+        let (secure, plain) = run(n, params, rounds, modes);
         println!();
         println!("members={n} params={params}");
         println!(
@@ -347,6 +379,9 @@ fn main() {
         );
         let mut totals = Vec::new();
         for (mode, m) in [("secure", &secure), ("plain", &plain)] {
+            if m.is_empty() {
+                continue;
+            }
             let total = median(m.iter().map(|x| x.total_ms).collect());
             totals.push(total);
             let cols: String = COLUMNS
@@ -362,6 +397,9 @@ fn main() {
                 .collect();
             let cpu = median(m.iter().map(|x| x.cpu_ms).collect());
             println!("  {mode:<7} {total:>9.1} {cpu:>9.1} {cols}");
+        }
+        if totals.len() < 2 {
+            continue;
         }
         println!(
             "round members={n} params={params} secure_ms={:.1} plain_ms={:.1} ratio={:.2}",

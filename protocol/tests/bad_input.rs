@@ -152,6 +152,21 @@ fn forged_foreign_and_misbound_messages_are_rejected() {
         *r == RejectReason::NotFromLeader { sender: m }
     });
 
+    // Low-order keys, with which every agreement would fail; the rejected
+    // adverts are not kept (the genuine one below is no duplicate).
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    for (share, mask) in [(None, Some([0u8; 32])), (Some(one), None)] {
+        let mut weak = good.clone();
+        if let Payload::AdvertiseKeys(k) = &mut weak.payload {
+            k.share_public = share.unwrap_or(k.share_public);
+            k.mask_public = mask.unwrap_or(k.mask_public);
+        }
+        check_rejected(&signed(&sim, m, &weak), &mut sim, l, m, |r| {
+            *r == RejectReason::WeakKey { member: m }
+        });
+    }
+
     // The genuine advert is accepted; its replay and a second, different
     // advert are duplicates.
     let events = sim.inject(l, m, &signed(&sim, m, &good));
@@ -395,4 +410,109 @@ fn a_bad_message_changes_nothing() {
     let a = clean.members[0].outcome.as_ref().unwrap();
     let b = report.members[0].outcome.as_ref().unwrap();
     assert_eq!(a, b);
+}
+
+/// What a forging leader changes in the messages it sends one member.
+#[derive(Clone, Copy, Debug)]
+enum Forgery {
+    /// Another member's advert in the key announcement.
+    Advert,
+    /// Another member's consistency signature in the proof.
+    Signature,
+    /// The recipient's own consistency signature in the proof.
+    OwnSignature,
+}
+
+/// The leader of attempt 0 tampers with what it relays to one member: the
+/// member checks every advert and consistency signature from a leader that
+/// is not itself (its own advert by its keys, its own signature by its
+/// bytes), so it rejects the forgery and reveals nothing in that attempt.
+#[test]
+fn forged_adverts_and_consistency_signatures_from_a_leader_are_caught() {
+    use primia_protocol::wire::{
+        CONSISTENCY_SIGNATURE, KeysAnnounced, MemberSignature, UnmaskRequest, consistency_statement,
+    };
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    for forgery in [Forgery::Advert, Forgery::Signature, Forgery::OwnSignature] {
+        let mut config = SimConfig::new(5, 4, 11);
+        config.max_attempts = 3;
+        let mut sim = Sim::new(config).unwrap();
+        let l = leader(&sim);
+        let victim = other_than(&sim, &[l]);
+        let other = other_than(&sim, &[l, victim]);
+        let key = Arc::clone(sim.identity(l));
+        let victim_key = Arc::clone(sim.identity(victim));
+        let forged = Rc::new(RefCell::new(0usize));
+        let seen = Rc::clone(&forged);
+        sim.set_interceptor(move |m| {
+            let h = m.message.header;
+            if h.attempt != 0 || m.from != l || m.to != victim {
+                return Verdict::Deliver;
+            }
+            let flip = |bytes: &mut [u8]| bytes[bytes.len() - 1] ^= 1;
+            let payload = match (&m.message.payload, forgery) {
+                (Payload::KeysAnnounced(p), Forgery::Advert) => {
+                    let mut adverts = p.adverts.clone();
+                    for a in &mut adverts {
+                        if wire::decode(&a.0).unwrap().message.header.sender == other {
+                            flip(&mut a.0);
+                        }
+                    }
+                    Payload::KeysAnnounced(KeysAnnounced { adverts })
+                }
+                (Payload::UnmaskRequest(p), Forgery::Signature) => {
+                    let mut p = p.clone();
+                    let s = p
+                        .signatures
+                        .iter_mut()
+                        .find(|s| s.member != victim)
+                        .unwrap();
+                    flip(&mut s.signature.0);
+                    Payload::UnmaskRequest(p)
+                }
+                (Payload::UnmaskRequest(p), Forgery::OwnSignature) => {
+                    let mut p = p.clone();
+                    p.signatures.retain(|s| s.member != victim);
+                    let statement = consistency_statement(&h, &p.survivors);
+                    let mut own: MemberSignature = MemberSignature {
+                        member: victim,
+                        signature: victim_key.sign(CONSISTENCY_SIGNATURE, &statement).into(),
+                    };
+                    flip(&mut own.signature.0);
+                    p.signatures.push(own);
+                    p.signatures.sort_by_key(|s| s.member);
+                    Payload::UnmaskRequest(UnmaskRequest { ..p })
+                }
+                _ => return Verdict::Deliver,
+            };
+            *seen.borrow_mut() += 1;
+            let message = Message { header: h, payload };
+            Verdict::Replace(wire::encode(&key, &message).unwrap())
+        });
+        let report = sim.run().unwrap();
+        assert_eq!(*forged.borrow(), 1, "{forgery:?}: one forged message");
+        let rejected: Vec<RejectReason> = reasons(
+            &report.members[victim.index()]
+                .events()
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let caught = rejected.iter().any(|r| match forgery {
+            Forgery::Advert => matches!(r, RejectReason::BadAdvert { .. }),
+            Forgery::Signature => {
+                matches!(r, RejectReason::BadConsistencySignature { member } if *member != victim)
+            }
+            Forgery::OwnSignature => *r == RejectReason::BadConsistencySignature { member: victim },
+        });
+        assert!(caught, "{forgery:?} not caught: {rejected:?}");
+        assert!(
+            report.members[victim.index()]
+                .revealed_sent()
+                .iter()
+                .all(|(attempt, _)| *attempt != 0),
+            "{forgery:?}: revealed in the forged attempt"
+        );
+    }
 }

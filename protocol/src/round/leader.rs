@@ -117,9 +117,6 @@ impl<R: CryptoRng> Round<R> {
             self.config.vector_len,
         );
         let roster = Arc::clone(&self.roster);
-        // A throwaway secret to test advertised keys for low order.
-        let probe =
-            (kind == MessageKind::AdvertiseKeys).then(|| AgreementSecret::generate(&mut self.rng));
         let att = self.running().ok_or(RejectReason::RoundOver)?;
         if att.leader != me {
             return Err(RejectReason::NotLeader { kind });
@@ -136,9 +133,7 @@ impl<R: CryptoRng> Round<R> {
                     share: AgreementPublic::from_bytes(p.share_public),
                     mask: AgreementPublic::from_bytes(p.mask_public),
                 };
-                if let Some(probe) = probe
-                    && (probe.agree(&keys.share).is_err() || probe.agree(&keys.mask).is_err())
-                {
+                if keys.share.is_low_order() || keys.mask.is_low_order() {
                     return Err(RejectReason::WeakKey { member: sender });
                 }
                 adverts.insert(sender, (keys, envelope.to_vec()));
@@ -382,9 +377,12 @@ impl<R: CryptoRng> Round<R> {
                 if s.sigs.len() < t {
                     return self.abort(now, Phase::ConsistencyCheck, s.sigs.len());
                 }
+                // t signatures prove that t members signed this U3; more
+                // would only cost every member more verifications.
                 let signatures = s
                     .sigs
                     .iter()
+                    .take(t)
                     .map(|(member, signature)| MemberSignature {
                         member: *member,
                         signature: *signature,

@@ -95,6 +95,8 @@ pub(crate) struct Held {
 pub(crate) struct Signed {
     u2: Vec<MemberId>,
     u3: Vec<MemberId>,
+    /// This member's consistency signature over U3.
+    signature: wire::SignatureBytes,
     held: BTreeMap<MemberId, (Share, Share)>,
     /// Whether the reveal this U3 calls for is in the record already (see
     /// [`Round::record_reveal`]).
@@ -130,11 +132,12 @@ pub(crate) fn advertise<R: CryptoRng>(
 }
 
 /// Checks one relayed advert: a signed envelope of its author, bound to this
-/// attempt.
+/// attempt. Its signature is checked only if `needs_signature(author)`.
 pub(crate) fn parse_advert(
     roster: &Roster,
     binding: Binding,
     bytes: &[u8],
+    needs_signature: impl Fn(MemberId) -> bool,
 ) -> Result<(MemberId, PeerKeys), String> {
     // In place: an advert has no vector, and an envelope of another kind
     // relayed as one must not make this member unpack a sum.
@@ -149,7 +152,9 @@ pub(crate) fn parse_advert(
     let member = roster
         .member(h.sender)
         .ok_or_else(|| format!("unknown member {}", h.sender.0))?;
-    d.verify(&member.identity).map_err(|e| e.to_string())?;
+    if needs_signature(h.sender) {
+        d.verify(&member.identity).map_err(|e| e.to_string())?;
+    }
     Ok((
         h.sender,
         PeerKeys {
@@ -254,7 +259,7 @@ impl<R: CryptoRng> Round<R> {
         auth: &Auth<'_>,
     ) -> Result<(), RejectReason> {
         match &msg.payload {
-            Payload::KeysAnnounced(p) => self.member_on_keys(now, p, auth),
+            Payload::KeysAnnounced(p) => self.member_on_keys(now, msg, p, auth),
             Payload::SharesForwarded(p) => self.member_on_shares(now, p, auth),
             Payload::ConsistencyRequest(p) => self.member_on_survivors(now, p, auth),
             Payload::UnmaskRequest(p) => self.member_on_proof(now, msg, p, auth),
@@ -318,6 +323,7 @@ impl<R: CryptoRng> Round<R> {
     fn member_on_keys(
         &mut self,
         now: Instant,
+        msg: &Message,
         p: &KeysAnnounced,
         auth: &Auth<'_>,
     ) -> Result<(), RejectReason> {
@@ -336,9 +342,14 @@ impl<R: CryptoRng> Round<R> {
             });
         }
         auth.check()?;
+        // This member's own leader role checked every advert's signature
+        // as it accepted it; from another leader, this member's own advert
+        // needs none (its keys must equal the ones made here, see below).
+        let own_leader = msg.header.sender == me;
+        let needs_signature = |author: MemberId| !own_leader && author != me;
         let mut u1 = Vec::with_capacity(p.adverts.len());
         for (position, bytes) in p.adverts.iter().enumerate() {
-            let (id, keys) = parse_advert(&self.roster, binding, &bytes.0)
+            let (id, keys) = parse_advert(&self.roster, binding, &bytes.0, needs_signature)
                 .map_err(|reason| RejectReason::BadAdvert { position, reason })?;
             if u1.last().is_some_and(|(last, _)| *last >= id) {
                 return Err(RejectReason::InvalidSet {
@@ -624,6 +635,7 @@ impl<R: CryptoRng> Round<R> {
         self.set_member(MemberPhase::AwaitingProof(Box::new(Signed {
             u2,
             u3: p.survivors.clone(),
+            signature: signature.into(),
             held,
             recorded: entry.is_some(),
         })));
@@ -677,11 +689,12 @@ impl<R: CryptoRng> Round<R> {
                 self.progress(now);
                 return Ok(());
             }
-            MemberPhase::AwaitingProof(s) => s.u3.clone(),
+            MemberPhase::AwaitingProof(s) => (s.u3.clone(), s.signature),
             MemberPhase::Spectating => return self.watch(now, auth),
             MemberPhase::AwaitingOutcome => return Err(RejectReason::Duplicate { kind }),
             _ => return Err(RejectReason::Unexpected { kind }),
         };
+        let (u3, own_signature) = u3;
         // Reveal only for the U3 this member signed, proven by t valid
         // signatures of members of that U3 over it.
         let problem = if p.survivors != u3 {
@@ -711,16 +724,24 @@ impl<R: CryptoRng> Round<R> {
         }
         auth.check()?;
         let statement = consistency_statement(&binding.header(me), &u3);
+        // Checked here unless this member's own leader role checked them as
+        // it gathered them; this member's own signature is compared instead
+        // (ed25519 signing is deterministic).
+        let own_leader = msg.header.sender == me;
         let forged = p.signatures.iter().find(|s| {
-            roster.member(s.member).is_none_or(|m| {
-                m.identity
-                    .verify(
-                        CONSISTENCY_SIGNATURE,
-                        &statement,
-                        &s.signature.to_signature(),
-                    )
-                    .is_err()
-            })
+            if s.member == me {
+                return s.signature != own_signature;
+            }
+            !own_leader
+                && roster.member(s.member).is_none_or(|m| {
+                    m.identity
+                        .verify(
+                            CONSISTENCY_SIGNATURE,
+                            &statement,
+                            &s.signature.to_signature(),
+                        )
+                        .is_err()
+                })
         });
         if let Some(s) = forged {
             let member = s.member;
@@ -792,6 +813,7 @@ impl<R: CryptoRng> Round<R> {
             u3,
             held,
             recorded,
+            ..
         } = signed;
         if !recorded {
             let forbidden = u2.iter().find_map(|v| {
