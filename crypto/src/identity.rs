@@ -7,12 +7,15 @@
 //! over the length-prefixed context and message). The context separates
 //! domains; the length prefixes make (context, msg) unambiguous; hashing first
 //! with blake3 keeps signing a multi-megabyte message cheap, where ed25519
-//! alone would run SHA-512 over it twice. Verification is ed25519-dalek's
-//! `verify_strict`, which rejects non-canonical and small-order encodings.
+//! alone would run SHA-512 over it twice. Verification accepts exactly what
+//! ed25519-dalek's `verify_strict` accepts, which rejects non-canonical and
+//! small-order encodings (see [`PublicIdentity::verify`] for how it gets
+//! there without decompressing R).
 
 use core::fmt;
+use std::sync::OnceLock;
 
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use rand_core::CryptoRng;
 
 use crate::{CryptoError, Result, Secret32, hex, kdf};
@@ -81,6 +84,13 @@ fn signed_digest(context: &str, msg: &[u8]) -> [u8; 32] {
     kdf::hash(kdf::SIGNED_DIGEST, &[context.as_bytes(), msg])
 }
 
+/// The canonical encodings of the eight points of order dividing 8.
+fn small_order_encodings() -> &'static [[u8; 32]; 8] {
+    static ENCODINGS: OnceLock<[[u8; 32]; 8]> = OnceLock::new();
+    ENCODINGS
+        .get_or_init(|| curve25519_dalek::constants::EIGHT_TORSION.map(|p| p.compress().to_bytes()))
+}
+
 /// A member's ed25519 public key, validated on construction.
 ///
 /// Keeps the decompressed curve point beside the 32 bytes: a round verifies
@@ -145,6 +155,17 @@ impl PublicIdentity {
     }
 
     /// Strictly verifies `sig` over (context, msg).
+    ///
+    /// Accepts exactly the signatures `verify_strict` accepts, a fifth
+    /// cheaper. `verify_strict` is the plain ed25519 check (recompute R from
+    /// s and the hash, compare its canonical encoding with the signature's R
+    /// byte for byte; s must be canonical) plus three rejections: an R that
+    /// does not decompress, a small-order R, a small-order key. The first
+    /// never passes the byte comparison (a recomputed R always decodes), a
+    /// small-order key is refused when a `PublicIdentity` is made, and of
+    /// the small-order R only the eight canonical encodings can pass the
+    /// byte comparison: those are refused by comparing bytes, without the
+    /// square root that decompressing R costs.
     pub fn verify(&self, context: &str, msg: &[u8], sig: &Signature) -> Result<()> {
         self.verify_digest(context, &signed_digest(context, msg), sig)
     }
@@ -192,12 +213,14 @@ impl PublicIdentity {
     }
 
     fn verify_digest(&self, context: &str, digest: &[u8; 32], sig: &Signature) -> Result<()> {
+        let bad = || CryptoError::BadSignature {
+            context: context.to_owned(),
+        };
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-        self.key
-            .verify_strict(digest, &sig)
-            .map_err(|_| CryptoError::BadSignature {
-                context: context.to_owned(),
-            })
+        if small_order_encodings().contains(sig.r_bytes()) {
+            return Err(bad());
+        }
+        self.key.verify(digest, &sig).map_err(|_| bad())
     }
 }
 
@@ -316,6 +339,70 @@ mod tests {
                 assert_eq!(last, len, "the whole message is hashed before failing");
                 assert!(p.verify_with_progress("ctx2", &msg, &sig, |_| {}).is_err());
             }
+        }
+    }
+
+    /// A signature whose R is a small-order point: accepted by plain
+    /// ed25519 verification, refused by `verify_strict` and by `verify`.
+    /// With R = the identity point, s = k a (k the challenge hash, a the
+    /// secret scalar) satisfies [s]B - [k]A = R; only the signer can make
+    /// it, but strict verification must refuse it all the same.
+    #[test]
+    fn small_order_r_is_refused_as_verify_strict_refuses_it() {
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let k = key(8);
+        let public = k.public();
+        let digest = signed_digest("ctx", b"msg");
+        let h = Sha512::digest(k.seed().expose());
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&h[..32]);
+        a[0] &= 248;
+        a[31] &= 127;
+        a[31] |= 64;
+        let a = Scalar::from_bytes_mod_order(a);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut challenge = Sha512::new();
+        challenge.update(identity);
+        challenge.update(public.as_bytes());
+        challenge.update(digest);
+        let c = Scalar::from_bytes_mod_order_wide(&challenge.finalize().into());
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&identity);
+        forged[32..].copy_from_slice((c * a).as_bytes());
+        let dalek = ed25519_dalek::Signature::from_bytes(&forged);
+        assert!(
+            public.key.verify(&digest, &dalek).is_ok(),
+            "plain check passes"
+        );
+        assert!(public.key.verify_strict(&digest, &dalek).is_err());
+        assert!(public.verify("ctx", b"msg", &Signature(forged)).is_err());
+        assert!(small_order_encodings().contains(&identity));
+    }
+
+    /// `verify` and `verify_strict` agree on honest signatures and on
+    /// every single-bit corruption of one.
+    #[test]
+    fn verify_agrees_with_verify_strict() {
+        let k = key(9);
+        let p = k.public();
+        let digest = signed_digest("ctx", b"agreement");
+        let good = k.sign("ctx", b"agreement");
+        for bit in 0..=512 {
+            let mut b = good.to_bytes();
+            if bit < 512 {
+                b[bit / 8] ^= 1 << (bit % 8);
+            }
+            let strict = p
+                .key
+                .verify_strict(&digest, &ed25519_dalek::Signature::from_bytes(&b))
+                .is_ok();
+            let ours = p
+                .verify("ctx", b"agreement", &Signature::from_bytes(&b))
+                .is_ok();
+            assert_eq!(ours, strict, "bit {bit}");
+            assert_eq!(ours, bit == 512);
         }
     }
 
