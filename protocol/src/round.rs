@@ -15,8 +15,11 @@
 //!   while the outputs are taken, so the round's state (and
 //!   [`Round::poll_timeout`]) is complete only then.
 //! - Execute outputs in the order they come. An [`Output::PersistReveal`]
-//!   must be durable (written and synced) before the driver executes any
-//!   output after it: the send of the reveal it describes follows it.
+//!   must be durable (written and synced) before the driver carries out any
+//!   `Send` or `Broadcast` after it: the send of the reveal it describes
+//!   follows it (a leader's own reveal goes into its outcome, a
+//!   `Broadcast`). The driver may go on taking outputs and feeding inputs
+//!   while the write runs; nothing leaves the member meanwhile.
 //! - Map transport peers to [`MemberId`]s with the roster; bytes from a peer
 //!   outside the roster never reach the round.
 //! - Keep a finished round around for a while: it answers members that are
@@ -161,7 +164,8 @@ pub enum Output {
         /// The message.
         message: Outgoing,
     },
-    /// Make this reveal durable before executing any later output.
+    /// Make this reveal durable before carrying out any later `Send` or
+    /// `Broadcast`.
     PersistReveal(RevealEntry),
     /// Something happened.
     Event(Event),

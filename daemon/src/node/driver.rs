@@ -9,7 +9,9 @@ use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
 use primia_crypto::{IdentityKey, fixed};
-use primia_protocol::{Event, Instant, MemberId, Outcome, Outgoing, Output, RevealRecord, Roster};
+use primia_protocol::{
+    Event, Instant, MemberId, Outcome, Outgoing, Output, RevealEntry, RevealRecord, Roster,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, error, info, trace, warn};
@@ -27,7 +29,7 @@ use crate::identity::NodeIdentity;
 use crate::net::{BulkMessage, NetEvent, NetworkClient, ResponseHandle};
 use crate::store::{
     AttemptOutcome, JournalEntry, MetricsEntry, ModelHash, ModelMeta, PhaseTiming, PrivacySpent,
-    Store, StoreUsage, now_unix_ms,
+    RevealReceipt, Store, StoreError, StoreUsage, now_unix_ms,
 };
 
 /// Journal entries kept in the status.
@@ -55,6 +57,12 @@ const SETTINGS_REFUSAL_GRACE: Duration = Duration::from_millis(500);
 /// Longest time a leader holds a member's round message unanswered (see
 /// [`Parked`]); less where the request timeout is shorter.
 const PARK_LIMIT: Duration = Duration::from_secs(10);
+
+/// A reveal entry being written by a blocking task.
+struct Persisting {
+    entry: RevealEntry,
+    task: tokio::task::JoinHandle<Result<RevealReceipt, StoreError>>,
+}
 
 /// A member's round message to this member while it leads the attempt,
 /// held unanswered: the answer carries the leader's next round message for
@@ -321,6 +329,8 @@ pub(super) struct Driver {
     /// no earlier life took part in the round after it: that round's record
     /// starts empty.
     reveals: RevealRecord,
+    /// A reveal entry on its way to the store (see [`Self::settle_reveal`]).
+    persisting: Option<Persisting>,
     /// Members' round messages held for the answer (see [`Parked`]).
     parked: BTreeMap<MemberId, Parked>,
     /// How long one is held at most.
@@ -480,6 +490,7 @@ impl Driver {
             evaluated: None,
             privacy,
             reveals,
+            persisting: None,
             parked: BTreeMap::new(),
             park_limit,
             config,
@@ -701,6 +712,7 @@ impl Driver {
                 now,
             )))
         } else {
+            self.settle_reveal().await?;
             let record = if self.reveals.round() == round {
                 self.reveals.clone()
             } else {
@@ -941,6 +953,35 @@ impl Driver {
         Ok(())
     }
 
+    /// Waits until the reveal entry on its way to the store is durable, and
+    /// adds it to the record of its round. Called by [`Self::send`], the
+    /// only way a round message leaves, and before the record is read.
+    async fn settle_reveal(&mut self) -> anyhow::Result<()> {
+        let Some(Persisting { entry, task }) = self.persisting.take() else {
+            return Ok(());
+        };
+        let receipt = task.await.context("a blocking task failed")?.context(
+            "cannot record a reveal durably; stopping rather than risk revealing both shares of a member",
+        )?;
+        anyhow::ensure!(
+            receipt.covers(&entry),
+            "the store's receipt does not cover the reveal of round {} attempt {}",
+            entry.round,
+            entry.attempt
+        );
+        if self.reveals.round() == entry.round {
+            self.reveals.add(&entry).map_err(|c| {
+                anyhow::anyhow!(
+                    "the reveal of round {} attempt {} conflicts with this member's record (member {})",
+                    entry.round,
+                    c.attempt,
+                    c.member.0
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Feeds the last finished round (it answers members still in it).
     async fn drive_previous(
         &mut self,
@@ -958,40 +999,28 @@ impl Driver {
     }
 
     /// Carries out a round's outputs in order. A reveal is durable before
-    /// anything after it happens.
+    /// any message after it leaves (see [`Self::settle_reveal`]).
     async fn pump(&mut self, runner: &mut Runner) -> anyhow::Result<Option<End>> {
         let mut end = None;
         while let Some(output) = runner.machine.poll_output() {
             match output {
                 Output::Send { to, message } => {
                     self.send(runner.round, runner.base, Some(to), message)
-                        .await;
+                        .await?;
                 }
                 Output::Broadcast { message } => {
-                    self.send(runner.round, runner.base, None, message).await;
+                    self.send(runner.round, runner.base, None, message).await?;
                 }
                 Output::PersistReveal(entry) => {
+                    // Written while the driver goes on feeding the round
+                    // (a leader gathers the other members' signatures
+                    // meanwhile); nothing leaves this member before it is
+                    // durable, as every send settles it first.
+                    self.settle_reveal().await?;
                     let store = Arc::clone(&self.store);
                     let e = entry.clone();
-                    let receipt = blocking(move || store.record_reveal(&e)).await?.context(
-                        "cannot record a reveal durably; stopping rather than risk revealing both shares of a member",
-                    )?;
-                    anyhow::ensure!(
-                        receipt.covers(&entry),
-                        "the store's receipt does not cover the reveal of round {} attempt {}",
-                        entry.round,
-                        entry.attempt
-                    );
-                    if self.reveals.round() == entry.round {
-                        self.reveals.add(&entry).map_err(|c| {
-                            anyhow::anyhow!(
-                                "the reveal of round {} attempt {} conflicts with this member's record (member {})",
-                                entry.round,
-                                c.attempt,
-                                c.member.0
-                            )
-                        })?;
-                    }
+                    let task = tokio::task::spawn_blocking(move || store.record_reveal(&e));
+                    self.persisting = Some(Persisting { entry, task });
                 }
                 Output::Event(event) => {
                     if let Some(e) = self.on_event(runner, event).await? {
@@ -1086,7 +1115,18 @@ impl Driver {
     /// for one member sent that way costs the whole consortium (measured
     /// with the round bench at 10 members and 100,000 parameters: about
     /// half the round's time went to the control phases on gossip alone).
-    async fn send(&mut self, round: u64, base: ModelHash, to: Option<MemberId>, message: Outgoing) {
+    ///
+    /// Waits first for a reveal entry still being written: this is the only
+    /// way a round message leaves, so none leaves before the record is
+    /// durable.
+    async fn send(
+        &mut self,
+        round: u64,
+        base: ModelHash,
+        to: Option<MemberId>,
+        message: Outgoing,
+    ) -> anyhow::Result<()> {
+        self.settle_reveal().await?;
         trace!(kind = ?message.kind, to = ?to.map(|t| self.name_of(t)), bytes = message.bytes.len(), "round message out");
         let kind = message.kind;
         // The envelope as it is (shared with the round, and between the
@@ -1124,13 +1164,13 @@ impl Driver {
             }
         }
         if rest.is_empty() {
-            return;
+            return Ok(());
         }
         if to.is_none() && !kind.is_bulk() && rest.len() == everyone {
             if let Err(e) = self.net.publish(frame.encode()).await {
                 debug!(?kind, error = %e, "control message not published");
             }
-            return;
+            return Ok(());
         }
         let trailer = bytes::Bytes::copy_from_slice(&frame.trailer());
         let frame = BulkMessage::from_parts([envelope.clone(), trailer]);
@@ -1166,6 +1206,7 @@ impl Driver {
                 }
             });
         }
+        Ok(())
     }
 
     /// The round produced its sum: make the model, store it, journal the
@@ -1222,7 +1263,7 @@ impl Driver {
             Some(hash),
         );
         self.journal(entry).await?;
-        self.adopt(next, hash, created).await;
+        self.adopt(next, hash, created).await?;
         let committed = StdInstant::now();
         {
             let _g = runner.span.enter();
@@ -1311,7 +1352,12 @@ impl Driver {
     }
 
     /// Makes `model` current in memory and tells the others.
-    async fn adopt(&mut self, model: Arc<GlobalModel>, hash: ModelHash, created: u64) {
+    async fn adopt(
+        &mut self,
+        model: Arc<GlobalModel>,
+        hash: ModelHash,
+        created: u64,
+    ) -> anyhow::Result<()> {
         self.announcement = Announcement::sign(
             &self.identity,
             &self.protocol_roster.digest(),
@@ -1323,6 +1369,7 @@ impl Driver {
         );
         self.latest_of.insert(self.me, self.announcement);
         self.fetch_due = None;
+        self.settle_reveal().await?;
         if self.reveals.round() != model.round + 1 {
             self.reveals = RevealRecord::new(model.round + 1);
         }
@@ -1334,6 +1381,7 @@ impl Driver {
         if let Err(e) = self.net.publish(bytes).await {
             debug!(error = %e, "model announcement not published");
         }
+        Ok(())
     }
 
     fn journal_entry(
@@ -1931,7 +1979,8 @@ impl Driver {
         }
         self.previous = None;
         let round = model.round;
-        self.adopt(Arc::new(model), a.hash, a.created_unix_ms).await;
+        self.adopt(Arc::new(model), a.hash, a.created_unix_ms)
+            .await?;
         self.buffer.take_round(round);
         self.after_adopt();
         // The others are likely in the next round already: no pause.

@@ -20,8 +20,9 @@
 //!   held too long is acknowledged and the message then goes by request of
 //!   its own, or, for an announcement to every member when none is held,
 //!   over gossip. A
-//!   [`primia_protocol::Output::PersistReveal`] is written to the store and
-//!   flushed before any later output of the round is carried out.
+//!   [`primia_protocol::Output::PersistReveal`] is written to the store by
+//!   a blocking task while the driver goes on, and is flushed before any
+//!   later message of the round leaves (every send settles it first).
 //! - **Outcomes.** The new model is the base plus the weighted mean of the
 //!   round's sum; it is stored by hash, made current, journaled, and
 //!   announced on gossip ([`wire::Announcement`], signed).
