@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use primia_protocol::{MemberId, RevealEntry, ShareKind};
 use primiad::config::Config;
 use primiad::identity::NodeIdentity;
 use primiad::node::{GlobalModel, NodeOptions, RoundReport, Update, UpdateSource, run_with};
@@ -92,9 +93,17 @@ fn write_consortium(dir: &Path, n: usize) -> Vec<Config> {
 }
 
 /// Runs `rounds` gated rounds of `n` in-process nodes; returns every
-/// report of the last round and the nodes' final model hashes as their
-/// stores hold them.
-async fn run_rounds(n: usize, rounds: u64, plain: bool) -> (Vec<RoundReport>, Vec<GlobalModel>) {
+/// report of the last round, the nodes' final models as their stores hold
+/// them, and what each store recorded as revealed, per round.
+async fn run_rounds(
+    n: usize,
+    rounds: u64,
+    plain: bool,
+) -> (
+    Vec<RoundReport>,
+    Vec<GlobalModel>,
+    Vec<Vec<Vec<RevealEntry>>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let configs = write_consortium(dir.path(), n);
     let storages: Vec<_> = configs.iter().map(|c| c.storage_dir.clone()).collect();
@@ -147,15 +156,20 @@ async fn run_rounds(n: usize, rounds: u64, plain: bool) -> (Vec<RoundReport>, Ve
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let models = storages
-        .iter()
-        .map(|s| {
-            let store = primiad::store::Store::open(s).unwrap();
-            let hash = store.current_model().unwrap().unwrap();
-            GlobalModel::decode(&store.model_blob(hash).unwrap().unwrap(), PARAMS).unwrap()
-        })
-        .collect();
-    (last, models)
+    let mut models = Vec::new();
+    let mut reveals = Vec::new();
+    for s in &storages {
+        let store = primiad::store::Store::open(s).unwrap();
+        let hash = store.current_model().unwrap().unwrap();
+        models
+            .push(GlobalModel::decode(&store.model_blob(hash).unwrap().unwrap(), PARAMS).unwrap());
+        reveals.push(
+            (1..=rounds)
+                .map(|r| store.reveal_entries(r).unwrap())
+                .collect(),
+        );
+    }
+    (last, models, reveals)
 }
 
 fn hashes(reports: &[RoundReport]) -> Vec<ModelHash> {
@@ -164,8 +178,8 @@ fn hashes(reports: &[RoundReport]) -> Vec<ModelHash> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_sums_and_secure_aggregation_make_the_same_models() {
-    let (secure, secure_models) = run_rounds(3, 2, false).await;
-    let (plain, plain_models) = run_rounds(3, 2, true).await;
+    let (secure, secure_models, secure_reveals) = run_rounds(3, 2, false).await;
+    let (plain, plain_models, plain_reveals) = run_rounds(3, 2, true).await;
     let h = hashes(&secure);
     assert!(h.iter().all(|x| *x == h[0]), "secure members disagree");
     assert!(
@@ -175,6 +189,21 @@ async fn plain_sums_and_secure_aggregation_make_the_same_models() {
     for r in &secure {
         assert_eq!(r.participants.len(), 3, "every member is in the secure sum");
     }
+    // Every member recorded, in its store, the reveal of each round it
+    // signed: the self-mask shares of all three (no dropouts; a failed
+    // attempt on a slow machine may add an entry). Plain sums reveal
+    // nothing.
+    let all: Vec<_> = (0..3).map(|m| (MemberId(m), ShareKind::SelfMask)).collect();
+    for (member, rounds) in secure_reveals.iter().enumerate() {
+        for (round, entries) in rounds.iter().enumerate() {
+            assert!(
+                entries.iter().any(|e| e.revealed == all),
+                "member {member}, round {}: {entries:?}",
+                round + 1
+            );
+        }
+    }
+    assert!(plain_reveals.iter().flatten().all(Vec::is_empty));
     let want = expected(3, 2);
     for m in secure_models.iter().chain(&plain_models) {
         assert_eq!(m.round, 2);
