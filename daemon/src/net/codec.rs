@@ -14,12 +14,19 @@ use libp2p::request_response::Codec;
 /// The protocol name of bulk transfers between members.
 pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/primia/bulk/1");
 
-/// The first size of the buffer of an incoming payload. It doubles as
-/// bytes arrive (so each byte is moved at most once on average), never past
-/// the announced length: a peer that announces a large payload and then
-/// stalls costs us at most this plus twice what it sent, not the announced
-/// length.
-const READ_CHUNK_BYTES: usize = 1 << 20;
+/// How much of an incoming payload's buffer is zeroed ahead of the bytes
+/// that fill it.
+///
+/// The buffer is reserved once at the announced length (at most the cap),
+/// so no byte is copied into a larger buffer later (growing it by doubling
+/// moved each megabyte-sized payload once more and touched twice its
+/// pages). A reservation is address space: the allocator backs it with
+/// memory only as it is written, and it is written one piece at a time as
+/// bytes arrive. A peer that announces a large payload and then stalls so
+/// costs us what it sent plus one piece of memory, not the announced
+/// length; and the piece just zeroed is still in cache when the stream
+/// copies the bytes over it.
+const READ_PIECE_BYTES: usize = 256 << 10;
 
 /// Length-prefixed framing of opaque requests and responses with size caps.
 ///
@@ -100,16 +107,21 @@ where
             format!("{what} of {len} bytes exceeds the limit of {max_bytes} bytes"),
         ));
     }
-    // Grow the buffer as bytes arrive, zeroing each byte once.
-    // (`read_to_end` would zero the whole spare capacity again after every
-    // pending read, which is quadratic for large frames.)
+    // Zero each byte once, a piece ahead of the bytes (see
+    // `READ_PIECE_BYTES`). (`read_to_end` would zero the whole spare
+    // capacity again after every pending read, which is quadratic for large
+    // frames.)
     let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("no memory for a {what} of {len} bytes"),
+        )
+    })?;
     let mut filled = 0;
     while filled < len {
         if filled == buf.len() {
-            let target = len.min(filled.saturating_mul(2).max(READ_CHUNK_BYTES));
-            buf.reserve_exact(target - filled);
-            buf.resize(target, 0);
+            buf.resize(len.min(filled + READ_PIECE_BYTES), 0);
         }
         match io.read(&mut buf[filled..]).await? {
             0 => {
@@ -379,10 +391,10 @@ mod tests {
         let got = futures::executor::block_on(read_frame(&mut trickle, 1 << 20, "request"));
         assert!(got.unwrap() == body);
 
-        let big: Vec<u8> = (0..(3 * READ_CHUNK_BYTES + 5))
+        let big: Vec<u8> = (0..(3 * READ_PIECE_BYTES + 5))
             .map(|i| (i % 251) as u8)
             .collect();
-        assert!(read(frame(big.len() as u32, &big), 4 * READ_CHUNK_BYTES).unwrap() == big);
+        assert!(read(frame(big.len() as u32, &big), 4 * READ_PIECE_BYTES).unwrap() == big);
     }
 
     #[test]
