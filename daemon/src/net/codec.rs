@@ -176,12 +176,29 @@ where
             format!("{what} does not fit a u32 length"),
         )
     })?;
-    io.write_all(&len.to_be_bytes()).await?;
-    for part in parts {
-        io.write_all(part).await?;
+    if total <= COALESCE_BYTES {
+        // One write, so one yamux frame: yamux sends each write as a frame
+        // of its own and flushes the connection after each (a Noise frame
+        // and a system call apiece), and most round messages are this small.
+        let mut frame = Vec::with_capacity(4 + total);
+        frame.extend_from_slice(&len.to_be_bytes());
+        for part in parts {
+            frame.extend_from_slice(part);
+        }
+        io.write_all(&frame).await?;
+    } else {
+        io.write_all(&len.to_be_bytes()).await?;
+        for part in parts {
+            io.write_all(part).await?;
+        }
     }
     io.flush().await
 }
+
+/// Payloads up to this size are written with their length prefix in one
+/// write (see [`write_frame_parts`]); yamux splits larger writes into
+/// frames of this size anyway.
+const COALESCE_BYTES: usize = 16 << 10;
 
 /// A bulk request or response: one frame on the wire, held as shared
 /// parts, so that a message for several members, or a large message and a
