@@ -370,6 +370,51 @@ mod tests {
         assert!(BulkMessage::default().is_empty());
     }
 
+    /// Records each write it is given, as yamux makes a frame of each.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_small_payload_is_one_write_and_a_large_one_is_not_copied_whole() {
+        let write = |parts: &[&[u8]]| {
+            let mut w = Writes::default();
+            futures::executor::block_on(write_frame_parts(&mut w, parts, usize::MAX, "request"))
+                .unwrap();
+            w.0
+        };
+        let small = write(&[b"envelope", b"", b"trailer"]);
+        assert_eq!(small, vec![frame(15, b"envelopetrailer")]);
+        let at_limit = vec![1u8; COALESCE_BYTES];
+        assert_eq!(write(&[&at_limit]).len(), 1);
+        let big = vec![2u8; COALESCE_BYTES + 1];
+        let writes = write(&[&big[..10], &big[10..]]);
+        assert_eq!(writes.len(), 3);
+        assert_eq!(writes.concat(), frame(big.len() as u32, &big));
+    }
+
     /// Hands out at most 7 bytes per read, returning `Pending` in between
     /// like a network stream.
     struct Trickle {
