@@ -257,7 +257,6 @@ pub(super) struct Driver {
     store: Arc<Store>,
     net: NetworkClient,
     status: watch::Sender<StatusSnapshot>,
-    started_unix_ms: u64,
     /// The protocol's clock: milliseconds since this instant.
     epoch: TokioInstant,
     plain: bool,
@@ -300,7 +299,10 @@ pub(super) struct Driver {
     recent: VecDeque<JournalEntry>,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: Option<mpsc::Receiver<Internal>>,
+    /// Whether the status document is behind (see [`Self::publish_status`]).
     dirty: bool,
+    /// Whether its attempt or metrics history is.
+    history_dirty: bool,
     /// Turns to answer a model request (see [`MAX_MODEL_SERVES`]).
     model_serves: ModelServes,
     /// What the store holds, as of the last commit.
@@ -449,7 +451,6 @@ impl Driver {
             store,
             net,
             status,
-            started_unix_ms,
             epoch,
             plain: hooks.plain,
             reports: hooks.reports,
@@ -479,6 +480,7 @@ impl Driver {
             internal_tx,
             internal_rx: Some(internal_rx),
             dirty: true,
+            history_dirty: true,
             model_serves: ModelServes::new(members),
             stored,
             exit: false,
@@ -873,6 +875,7 @@ impl Driver {
         self.metrics.retain(|m| m.round != round);
         self.metrics.push_front(entry);
         self.metrics.truncate(RECENT_METRICS);
+        self.history_dirty = true;
         self.dirty = true;
         Ok(())
     }
@@ -1345,7 +1348,10 @@ impl Driver {
             Some(Err(e)) => warn!(error = %e, "cannot prune old models"),
         }
         match usage {
-            Ok(u) => self.stored = u,
+            Ok(u) => {
+                self.stored = u;
+                self.dirty = true;
+            }
             Err(e) => debug!(error = %e, "cannot measure the store"),
         }
         Ok(hash)
@@ -1432,6 +1438,7 @@ impl Driver {
             .context("cannot write the round journal")?;
         self.recent.push_front(entry);
         self.recent.truncate(RECENT_ATTEMPTS);
+        self.history_dirty = true;
         self.dirty = true;
         Ok(())
     }
@@ -1860,6 +1867,7 @@ impl Driver {
                 self.record_metrics(round - 1, metrics).await?;
                 let store = Arc::clone(&self.store);
                 self.privacy = blocking(move || store.privacy_spent()).await??;
+                self.dirty = true;
                 self.evaluate_final();
                 if round != self.model.round + 1 {
                     // Made from a model this member has since left behind.
@@ -1992,7 +2000,13 @@ impl Driver {
 
     // ----- status -----
 
-    fn publish_status(&self) {
+    /// Brings the status document up to date, in place: what changes from
+    /// event to event is rewritten, the attempt and metrics history (ten
+    /// journal entries each, cloned and dropped again on every event when
+    /// the whole document was rebuilt) only when it changed.
+    fn publish_status(&mut self) {
+        self.dirty = false;
+        let history = std::mem::take(&mut self.history_dirty);
         let names = |ids: &mut dyn Iterator<Item = MemberId>| {
             let mut v: Vec<String> = ids.map(|m| self.name_of(m)).collect();
             v.sort();
@@ -2014,31 +2028,25 @@ impl Driver {
             }),
             _ => None,
         };
-        let snapshot = StatusSnapshot {
-            version: SNAPSHOT_VERSION,
-            name: self.name.clone(),
-            peer_id: self.peer_id.clone(),
-            consortium: self.protocol_roster.consortium().as_str().to_owned(),
-            members: self.protocol_roster.len(),
-            threshold: self.protocol_roster.threshold(),
-            connected,
-            missing,
-            round,
-            latest_model: Some(ModelStatus {
-                hash: self.model_hash,
-                round: self.model.round,
-                created_unix_ms: self.model_created_unix_ms,
-                parameter_count: self.parameters as u64,
-            }),
-            recent_attempts: self.recent.iter().cloned().collect(),
-            metrics: self.metrics.iter().cloned().collect(),
-            privacy_spent: self.privacy,
-            storage_dir: self.config.storage_dir.display().to_string(),
-            stored: self.stored.clone(),
-            started_unix_ms: self.started_unix_ms,
-            updated_unix_ms: now_unix_ms(),
+        let latest_model = ModelStatus {
+            hash: self.model_hash,
+            round: self.model.round,
+            created_unix_ms: self.model_created_unix_ms,
+            parameter_count: self.parameters as u64,
         };
-        self.status.send_replace(snapshot);
+        self.status.send_modify(|s| {
+            s.connected = connected;
+            s.missing = missing;
+            s.round = round;
+            s.latest_model = Some(latest_model);
+            if history {
+                s.recent_attempts = self.recent.iter().cloned().collect();
+                s.metrics = self.metrics.iter().cloned().collect();
+            }
+            s.privacy_spent = self.privacy;
+            s.stored = self.stored.clone();
+            s.updated_unix_ms = now_unix_ms();
+        });
     }
 }
 
