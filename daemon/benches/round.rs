@@ -6,8 +6,8 @@
 //! # What runs
 //!
 //! N complete nodes (`primiad::node::run_with`: libp2p over TCP on
-//! 127.0.0.1 with Noise and yamux, gossip for control messages,
-//! request-response for vectors, a sled store each, the control socket) in
+//! 127.0.0.1 with Noise and yamux, round messages on kept message streams,
+//! gossip for model announcements, a sled store each, the control socket) in
 //! this process, each with its own key, config and storage, contributing
 //! test vectors of P parameters. A watch channel gates the start of each
 //! round, so every member starts it at the same moment; a round's time runs
@@ -15,7 +15,7 @@
 //!
 //! The same consortium runs the same rounds again without masking
 //! (`NodeOptions::plain_sums`): every member sends its fixed-point x_u to
-//! the leader as a request, the leader sums and sends the sum back to each
+//! the leader as a message, the leader sums and sends the sum back to each
 //! member, the same way and in the same signed envelopes (checked on
 //! arrival) as a secure round moves its masked inputs and its outcome. The
 //! difference is the cost of secure aggregation: key agreement, Shamir

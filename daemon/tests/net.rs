@@ -116,6 +116,15 @@ impl Node {
         .await
     }
 
+    /// Waits for the next message (see [`NetworkClient::send_message`]).
+    async fn next_message(&mut self) -> (PeerId, Vec<u8>) {
+        self.wait_for("a message", |e| match e {
+            NetEvent::Message { from, payload } => Some((from, payload)),
+            _ => None,
+        })
+        .await
+    }
+
     /// Answers the next request with `answer(payload)`.
     async fn serve_one(&mut self, answer: impl FnOnce(Vec<u8>) -> Vec<u8>) -> PeerId {
         let (from, payload, reply) = self
@@ -208,6 +217,29 @@ async fn check_request(nodes: &mut [Node], from: usize, to: usize, payload: Vec<
     );
 }
 
+/// `from` sends `to` a few messages, one of `bulk` bytes among them; they
+/// arrive whole, in order, from `from`.
+async fn check_messages(nodes: &mut [Node], from: usize, to: usize, bulk: usize) {
+    let target = nodes[to].peer;
+    let sent: Vec<Vec<u8>> = [200, bulk, 1, 300]
+        .into_iter()
+        .enumerate()
+        .map(|(i, len)| payload(len, (from * 16 + to * 4 + i) as u8))
+        .collect();
+    for m in &sent {
+        nodes[from]
+            .client
+            .send_message(target, m.clone())
+            .expect("message queued");
+    }
+    let sender = nodes[from].peer;
+    for (i, m) in sent.iter().enumerate() {
+        let (got_from, got) = nodes[to].next_message().await;
+        assert_eq!(got_from, sender);
+        assert!(got == *m, "message {i} from {from} to {to} differs");
+    }
+}
+
 async fn check_cluster(n: usize) {
     let mut nodes = cluster(n).await;
     for node in &nodes {
@@ -227,9 +259,17 @@ async fn check_cluster(n: usize) {
             }
         }
     }
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                check_messages(&mut nodes, from, to, 1000).await;
+            }
+        }
+    }
     // Bulk: several megabytes between two members that only met through
     // the bootstrap node.
     check_request(&mut nodes, 1, n - 1, payload(6 << 20, 7)).await;
+    check_messages(&mut nodes, n - 1, 1, 6 << 20).await;
     for node in nodes {
         node.shut_down().await;
     }
@@ -245,10 +285,8 @@ async fn five_members_discover_each_other_and_exchange_gossip_and_requests() {
     check_cluster(5).await;
 }
 
-/// A leader holds members' round messages and answers each with its next
-/// message for that member: requests held unanswered for a while, then
-/// answered with shared parts (one large part for all, a small one each),
-/// reach every asker whole and in order.
+/// Requests held unanswered for a while, then answered with shared parts
+/// (one large part for all, a small one each), reach every asker whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_requests_answered_with_shared_parts_reach_every_asker() {
     let mut nodes = cluster(3).await;
@@ -426,6 +464,102 @@ async fn restarted_members_reconnect() {
     nodes.insert(0, a);
     check_gossip_reaches_everyone(&mut nodes).await;
     check_request(&mut nodes, 2, 0, payload(1000, 9)).await;
+    // Message streams to the restarted member broke with its connection;
+    // new ones are opened for the next messages.
+    check_messages(&mut nodes, 2, 0, 1000).await;
+    check_messages(&mut nodes, 0, 2, 1000).await;
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
+/// One message shared by two members arrives whole at both; a message over
+/// the receiver's cap breaks only its stream (the next message goes on a
+/// new one); misuse fails at once with an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_share_parts_survive_a_refused_frame_and_misuse_is_an_error() {
+    let (keys, roster) = keys(3);
+    let mut keys = keys.into_iter();
+    let mut small_inbox = config(&roster, &[]);
+    small_inbox.max_request_bytes = 1 << 20;
+    let a = start(keys.next().unwrap(), small_inbox).await;
+    let b = start(
+        keys.next().unwrap(),
+        config(&roster, std::slice::from_ref(&a.addr)),
+    )
+    .await;
+    let c = start(
+        keys.next().unwrap(),
+        config(&roster, std::slice::from_ref(&a.addr)),
+    )
+    .await;
+    let mut nodes = vec![a, b, c];
+    for node in &mut nodes {
+        node.wait_subscribed(&roster).await;
+    }
+
+    let shared = bytes::Bytes::from(payload(512 << 10, 5));
+    for to in [1, 2] {
+        let own = bytes::Bytes::from(vec![to as u8; 10]);
+        let message = BulkMessage::from_parts([shared.clone(), own]);
+        nodes[0]
+            .client
+            .send_message(nodes[to].peer, message)
+            .expect("queued");
+    }
+    for to in [1, 2] {
+        let (from, got) = nodes[to].next_message().await;
+        assert_eq!(from, nodes[0].peer);
+        let mut expected = shared.to_vec();
+        expected.extend_from_slice(&[to as u8; 10]);
+        assert!(got == expected, "member {to} got another message");
+    }
+
+    // Over a's cap: a refuses the frame after its length and drops the
+    // stream; the message after it still arrives.
+    let a_peer = nodes[0].peer;
+    let b_client = nodes[1].client.clone();
+    b_client
+        .send_message(a_peer, payload(2 << 20, 1))
+        .expect("queued");
+    b_client
+        .send_message(a_peer, payload(100, 2))
+        .expect("queued");
+    let (from, got) = nodes[0].next_message().await;
+    assert_eq!(from, nodes[1].peer);
+    assert_eq!(got, payload(100, 2));
+    let stats = nodes[0].client.stats().await.unwrap();
+    assert_eq!(stats.bad_bulk_frames, 1, "{stats:?}");
+
+    // Over our own cap, off the roster, or to ourselves: refused at once.
+    let err = nodes[0]
+        .client
+        .send_message(nodes[1].peer, payload((1 << 20) + 1, 3))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::PayloadTooLarge {
+                what: "message",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let stranger = Keypair::generate_ed25519().public().to_peer_id();
+    let err = nodes[0]
+        .client
+        .send_message(stranger, b"hi".to_vec())
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::NotOnRoster(p) if p == stranger),
+        "{err}"
+    );
+    let err = nodes[0]
+        .client
+        .send_message(a_peer, b"hi".to_vec())
+        .unwrap_err();
+    assert!(err.to_string().contains("ourselves"), "{err}");
     for node in nodes {
         node.shut_down().await;
     }

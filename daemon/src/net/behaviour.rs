@@ -61,6 +61,7 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) gossipsub: Gossipsub,
     pub(crate) bulk: request_response::Behaviour<BulkCodec>,
+    pub(crate) messages: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -174,6 +175,7 @@ impl Behaviour {
             mdns,
             gossipsub,
             bulk,
+            messages: libp2p_stream::Behaviour::new(),
         })
     }
 }

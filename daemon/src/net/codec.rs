@@ -59,7 +59,7 @@ impl BulkCodec {
         self.bad_frames.load(Ordering::Relaxed)
     }
 
-    fn count_bad<T>(&self, result: io::Result<T>) -> io::Result<T> {
+    pub(crate) fn count_bad<T>(&self, result: io::Result<T>) -> io::Result<T> {
         let refused = |e: &io::Error| e.get_ref().is_some_and(|inner| inner.is::<NoFrame>());
         if result.as_ref().is_err_and(|e| !refused(e)) {
             self.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -228,7 +228,7 @@ impl BulkMessage {
     }
 
     /// Writes the parts as one frame (see [`write_frame_parts`]).
-    async fn write<T>(&self, io: &mut T, max_bytes: usize, what: &str) -> io::Result<()>
+    pub(crate) async fn write<T>(&self, io: &mut T, max_bytes: usize, what: &str) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {

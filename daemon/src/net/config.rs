@@ -80,6 +80,10 @@ pub struct NetLimits {
     /// see TCP back-pressure) but keeps serving commands, until the consumer
     /// catches up.
     pub event_queue: usize,
+    /// Round messages queued for one member and not yet written to its
+    /// stream; more fail at once with [`NetError::OutboxFull`]. A message
+    /// for several members shares its bytes between their queues.
+    pub message_queue: usize,
     /// Outbound requests awaiting a response; more fail at once with
     /// [`NetError::TooManyPendingRequests`].
     pub max_pending_outbound_requests: usize,
@@ -107,6 +111,7 @@ impl Default for NetLimits {
         Self {
             command_queue: 256,
             event_queue: 1024,
+            message_queue: 32,
             max_pending_outbound_requests: 256,
             max_pending_inbound_requests: 256,
             max_concurrent_streams_per_connection: 16,
@@ -205,6 +210,7 @@ impl NetConfig {
         let counts = [
             ("limits.command_queue", l.command_queue),
             ("limits.event_queue", l.event_queue),
+            ("limits.message_queue", l.message_queue),
             (
                 "limits.max_pending_outbound_requests",
                 l.max_pending_outbound_requests,

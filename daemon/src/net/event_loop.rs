@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn};
 use super::behaviour::{Behaviour, BehaviourEvent, build_swarm};
 use super::codec::{BulkCodec, BulkMessage};
 use super::config::{peer_id_of, without_peer_id};
+use super::messages::{self, MESSAGE_PROTOCOL};
 use super::{Answer, Command, NetConfig, NetError, NetEvent, NetStats, ResponseHandle};
 
 /// Addresses remembered per roster member (besides its bootstrap ones);
@@ -109,6 +111,9 @@ pub struct EventLoop {
 
     /// The codec's shared counter of bad incoming frames.
     codec: BulkCodec,
+    /// Incoming message streams, until [`Self::run`] starts reading them.
+    incoming: Option<libp2p_stream::IncomingStreams>,
+    message_control: libp2p_stream::Control,
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     stats: NetStats,
@@ -143,6 +148,10 @@ impl EventLoop {
             }
         }
         let topic = gossipsub::IdentTopic::new(config.gossip_topic());
+        let mut message_control = swarm.behaviour().messages.new_control();
+        let incoming = message_control
+            .accept(MESSAGE_PROTOCOL)
+            .map_err(|e| NetError::Transport(format!("cannot accept message streams: {e}")))?;
         Ok(Self {
             swarm,
             local,
@@ -170,6 +179,8 @@ impl EventLoop {
             pending_responses: FuturesUnordered::new(),
             holding: HashMap::new(),
             codec,
+            incoming: Some(incoming),
+            message_control,
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
             stats: NetStats::default(),
@@ -183,6 +194,18 @@ impl EventLoop {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(self.redial_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Readers of incoming message streams hand messages straight to the
+        // event queue; they stop with the loop.
+        let acceptor = self.incoming.take().map(|incoming| {
+            tokio::spawn(messages::accept(
+                incoming,
+                Arc::new(self.roster.clone()),
+                self.events.clone(),
+                self.codec.clone(),
+                self.max_request_bytes,
+            ))
+            .abort_handle()
+        });
         self.start();
         loop {
             let deliver = !self.outbox.is_empty() && !self.events_closed;
@@ -220,7 +243,15 @@ impl EventLoop {
                 _ = tick.tick() => self.maintain(false),
             }
         }
+        if let Some(acceptor) = acceptor {
+            acceptor.abort();
+        }
         debug!(peer = %self.local, "network event loop stopped");
+    }
+
+    /// Opens message streams to members (see [`messages::Outboxes`]).
+    pub(crate) fn message_control(&self) -> libp2p_stream::Control {
+        self.message_control.clone()
     }
 
     fn emit(&mut self, event: NetEvent) {

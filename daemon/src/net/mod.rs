@@ -19,15 +19,19 @@
 //! Only roster members may hold a connection: anyone else is refused once
 //! the Noise handshake shows who they are. Gossip is signed by its author
 //! and delivered (and forwarded) only when the author is on the roster.
-//! Small control messages go over gossip; bulk data over request-response
-//! with a hard size cap.
+//! Gossip carries announcements to every member; one-way messages (a
+//! round's) go on a long-lived stream per member and direction
+//! ([`NetworkClient::send_message`]), and questions with answers (a model
+//! blob) over request-response, both with a hard size cap.
 
 mod behaviour;
 pub mod codec;
 mod config;
 mod event_loop;
+mod messages;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
@@ -40,6 +44,7 @@ pub use config::{
     peer_id_of,
 };
 pub use event_loop::EventLoop;
+pub use messages::MESSAGE_PROTOCOL;
 
 /// Extra time a client waits for a request's answer beyond the configured
 /// request timeout: dialing a disconnected peer comes first, and libp2p
@@ -92,6 +97,15 @@ pub enum NetError {
     /// A gossip message could not be published.
     #[error("cannot publish: {0}")]
     Publish(String),
+    /// The queue of messages for this peer is full: it reads them more
+    /// slowly than we send.
+    #[error("too many messages queued for {peer} (limit {max})")]
+    OutboxFull {
+        /// The peer.
+        peer: PeerId,
+        /// The configured cap ([`NetLimits::message_queue`]).
+        max: usize,
+    },
     /// Too many requests await responses already.
     #[error("too many requests in flight (limit {max})")]
     TooManyPendingRequests {
@@ -152,6 +166,13 @@ pub enum NetEvent {
         /// The payload.
         data: Vec<u8>,
     },
+    /// A roster member sent a message (see [`NetworkClient::send_message`]).
+    Message {
+        /// The member.
+        from: PeerId,
+        /// The message.
+        payload: Vec<u8>,
+    },
     /// A roster member asks something; answer through `reply`. Dropping
     /// `reply` refuses the request: the requester gets an error at once.
     Request {
@@ -185,6 +206,11 @@ impl fmt::Debug for NetEvent {
                 .field("from", from)
                 .field("topic", topic)
                 .field("data_bytes", &data.len())
+                .finish(),
+            Self::Message { from, payload } => f
+                .debug_struct("Message")
+                .field("from", from)
+                .field("payload_bytes", &payload.len())
                 .finish(),
             Self::Request { from, payload, .. } => f
                 .debug_struct("Request")
@@ -333,12 +359,28 @@ impl Network {
         }
         let (command_tx, command_rx) = mpsc::channel(config.limits.command_queue);
         let (event_tx, event_rx) = mpsc::channel(config.limits.event_queue);
+        let local_peer_id = keypair.public().to_peer_id();
+        let request_guard = config.request_timeout + REQUEST_GUARD;
+        let (max_bytes, queue, timeout) = (
+            config.max_request_bytes.min(u32::MAX as usize),
+            config.limits.message_queue,
+            config.request_timeout,
+        );
+        let roster = Arc::new(config.roster_set());
+        let event_loop = EventLoop::new(config, keypair, command_rx, event_tx)?;
         let client = NetworkClient {
             commands: command_tx,
-            local_peer_id: keypair.public().to_peer_id(),
-            request_guard: config.request_timeout + REQUEST_GUARD,
+            local_peer_id,
+            request_guard,
+            outboxes: Arc::new(messages::Outboxes::new(
+                event_loop.message_control(),
+                local_peer_id,
+                roster,
+                max_bytes,
+                queue,
+                timeout,
+            )),
         };
-        let event_loop = EventLoop::new(config, keypair, command_rx, event_tx)?;
         Ok(Self {
             client,
             events: event_rx,
@@ -353,6 +395,7 @@ pub struct NetworkClient {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     request_guard: Duration,
+    outboxes: Arc<messages::Outboxes>,
 }
 
 impl fmt::Debug for NetworkClient {
@@ -411,6 +454,24 @@ impl NetworkClient {
     /// [`NetEvent::PeerSubscribed`]) or `data` is over the cap.
     pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetError> {
         self.call(|reply| Command::Publish { data, reply }).await?
+    }
+
+    /// Queues `payload` for roster member `peer`, to be written to our
+    /// message stream to it (opened, dialing first if needed, on the first
+    /// message), where it arrives as a [`NetEvent::Message`]. Returns at
+    /// once: fails for a peer off the roster, a payload over the request
+    /// cap, or a full queue; a message that cannot be delivered later is
+    /// dropped (and logged at debug level). Messages to one peer arrive in
+    /// the order they were queued.
+    ///
+    /// Much cheaper than [`Self::request`] for small messages, and without
+    /// an answer. `payload` may share its parts with other messages.
+    pub fn send_message(
+        &self,
+        peer: PeerId,
+        payload: impl Into<BulkMessage>,
+    ) -> Result<(), NetError> {
+        self.outboxes.send(peer, payload.into())
     }
 
     /// Sends `payload` to roster member `peer` and waits for its response,

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use super::RoundReport;
 use super::model::GlobalModel;
 use super::plain::PlainRound;
-use super::runner::{AttemptLog, Envelope, InputState, Machine, Runner};
+use super::runner::{AttemptLog, InputState, Machine, Runner};
 use super::source::UpdateSource;
 use super::wire::{self, Announcement, Gossip, Request, Response, RoundFrame};
 use crate::config::{Config, LoadedRoster};
@@ -54,34 +54,14 @@ const MIN_LINGER: Duration = Duration::from_secs(5);
 /// both settings lines) reaches the asker first.
 const SETTINGS_REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
-/// Longest time a leader holds a member's round message unanswered (see
-/// [`Parked`]); less where the request timeout is shorter.
-const PARK_LIMIT: Duration = Duration::from_secs(10);
-
 /// A reveal entry being written by a blocking task.
 struct Persisting {
     entry: RevealEntry,
     task: tokio::task::JoinHandle<Result<RevealReceipt, StoreError>>,
 }
 
-/// A member's round message to this member while it leads the attempt,
-/// held unanswered: the answer carries the leader's next round message for
-/// that member ([`Response::Round`]), so that instruction costs no request
-/// of its own (a stream, an acknowledgement, and for a message to every
-/// member a gossip flood). Answered with an acknowledgement instead when
-/// the member sends again, the hold reaches its limit, or the round moves
-/// on without this member leading it. At most one per member.
-struct Parked {
-    reply: ResponseHandle,
-    round: u64,
-    until: TokioInstant,
-}
-
 /// Work done by other tasks, reported back to the loop.
 enum Internal {
-    /// A member answered a round message with a round message of its own
-    /// (a [`Response::Round`], whole).
-    Answered { from: MemberId, payload: Vec<u8> },
     /// The update source finished preparing `round`'s update.
     UpdateReady {
         round: u64,
@@ -333,17 +313,6 @@ pub(super) struct Driver {
     reveals: RevealRecord,
     /// A reveal entry on its way to the store (see [`Self::settle_reveal`]).
     persisting: Option<Persisting>,
-    /// Members' round messages held for the answer (see [`Parked`]).
-    parked: BTreeMap<MemberId, Parked>,
-    /// How long one is held at most.
-    park_limit: Duration,
-}
-
-/// Answers a held round message with a plain acknowledgement.
-fn acknowledge(reply: ResponseHandle) {
-    if let Err(e) = reply.respond(wire::encode_response(&Response::Ack)) {
-        debug!(error = %e, "acknowledgement not sent");
-    }
 }
 
 /// Runs blocking store work off the event loop's thread.
@@ -415,7 +384,6 @@ impl Driver {
             created,
         );
         let (internal_tx, internal_rx) = mpsc::channel(64);
-        let park_limit = PARK_LIMIT.min(net.request_timeout() / 2);
         let started_unix_ms = now_unix_ms();
         let epoch = TokioInstant::now();
         let placeholder = StatusSnapshot {
@@ -493,8 +461,6 @@ impl Driver {
             privacy,
             reveals,
             persisting: None,
-            parked: BTreeMap::new(),
-            park_limit,
             config,
         };
         let target = driver.config.round.rounds;
@@ -574,7 +540,6 @@ impl Driver {
                     }
                 },
             }
-            self.release_parked();
             self.try_start().await?;
             if self.dirty {
                 self.publish_status();
@@ -594,7 +559,6 @@ impl Driver {
             self.stage_deadline(),
             self.fetch_due,
             self.settings_conflict.as_ref().map(|(at, _)| *at),
-            self.parked.values().map(|p| p.until).min(),
         ]
         .into_iter()
         .flatten()
@@ -752,8 +716,7 @@ impl Driver {
         }
         for item in self.buffer.take_round(round) {
             if item.base == self.model_hash {
-                self.drive(Drive::Message(item.from, Envelope::Owned(item.envelope)))
-                    .await?;
+                self.drive(Drive::Message(item.from, item.envelope)).await?;
             }
         }
         Ok(())
@@ -903,7 +866,7 @@ impl Driver {
     // ----- driving a round -----
 
     /// Feeds the current round and carries out what it asks.
-    async fn drive(&mut self, input: Drive<'_>) -> anyhow::Result<()> {
+    async fn drive(&mut self, input: Drive) -> anyhow::Result<()> {
         let mut runner = match std::mem::replace(&mut self.stage, Stage::Idle) {
             Stage::Running(r) => r,
             other => {
@@ -916,7 +879,7 @@ impl Driver {
             Drive::Nothing => {}
             Drive::Timeout => runner.machine.handle_timeout(now),
             Drive::Message(from, envelope) => {
-                trace!(from = %self.name_of(from), bytes = envelope.as_slice().len(), "round message in");
+                trace!(from = %self.name_of(from), bytes = envelope.len(), "round message in");
                 runner.machine.handle_envelope(now, from, envelope)
             }
             Drive::Input(mut input) => {
@@ -986,11 +949,7 @@ impl Driver {
     }
 
     /// Feeds the last finished round (it answers members still in it).
-    async fn drive_previous(
-        &mut self,
-        from: MemberId,
-        envelope: Envelope<'_>,
-    ) -> anyhow::Result<()> {
+    async fn drive_previous(&mut self, from: MemberId, envelope: Vec<u8>) -> anyhow::Result<()> {
         let Some(mut prev) = self.previous.take() else {
             return Ok(());
         };
@@ -1108,16 +1067,11 @@ impl Driver {
         Ok(None)
     }
 
-    /// Puts a round message on the network. A member whose message this
-    /// leader holds gets it as the answer to that message (see [`Parked`]).
-    /// Otherwise a control message for every member (a leader's
-    /// announcement when no member's message is held, as after a long wait)
-    /// goes on gossip, and anything else goes straight to its recipients
-    /// as a request. Gossip floods each message to every member and every
-    /// member relays it, which suits one-to-all announcements; a message
-    /// for one member sent that way costs the whole consortium (measured
-    /// with the round bench at 10 members and 100,000 parameters: about
-    /// half the round's time went to the control phases on gossip alone).
+    /// Puts a round message on the network: on this member's message
+    /// stream to each recipient (see [`crate::net::NetworkClient::send_message`]),
+    /// one frame each, the envelope's bytes shared between recipients. A
+    /// message that cannot be queued is logged and dropped; the round
+    /// copes with lost messages as with a silent member.
     ///
     /// Waits first for a reveal entry still being written: this is the only
     /// way a round message leaves, so none leaves before the record is
@@ -1142,72 +1096,17 @@ impl Driver {
             to,
             envelope: &envelope,
         };
+        let trailer = bytes::Bytes::copy_from_slice(&frame.trailer());
+        let frame = BulkMessage::from_parts([envelope.clone(), trailer]);
         let targets: Vec<MemberId> = match to {
             Some(t) => vec![t],
             None => self.others().collect(),
         };
-        let everyone = targets.len();
-        let answer_trailer = bytes::Bytes::copy_from_slice(&frame.response_trailer());
-        let mut rest = Vec::with_capacity(targets.len());
         for t in targets {
-            match self.parked.remove(&t) {
-                Some(p) if p.round == round => {
-                    let answer =
-                        BulkMessage::from_parts([envelope.clone(), answer_trailer.clone()]);
-                    if p.reply.respond(answer).is_err() {
-                        // The member's request is gone: send it anew.
-                        rest.push(t);
-                    }
-                }
-                Some(p) => {
-                    acknowledge(p.reply);
-                    rest.push(t);
-                }
-                None => rest.push(t),
-            }
-        }
-        if rest.is_empty() {
-            return Ok(());
-        }
-        if to.is_none() && !kind.is_bulk() && rest.len() == everyone {
-            if let Err(e) = self.net.publish(frame.encode()).await {
-                debug!(?kind, error = %e, "control message not published");
-            }
-            return Ok(());
-        }
-        let trailer = bytes::Bytes::copy_from_slice(&frame.trailer());
-        let frame = BulkMessage::from_parts([envelope.clone(), trailer]);
-        for t in rest {
-            let bytes = frame.clone();
             let peer = self.roster.peer_ids[t.index()];
-            let net = self.net.clone();
-            let internal = self.internal_tx.clone();
-            let member = self.name_of(t);
-            tokio::spawn(async move {
-                match net.request(peer, bytes).await {
-                    Ok(resp) => match wire::decode_response(&resp) {
-                        Ok(Response::Ack) => {}
-                        Ok(Response::Round(_)) => {
-                            // Its next message for this member, as the answer.
-                            let _ = internal
-                                .send(Internal::Answered {
-                                    from: t,
-                                    payload: resp,
-                                })
-                                .await;
-                        }
-                        Ok(other) => {
-                            debug!(%member, ?kind, answer = ?other, "unexpected answer to a round message")
-                        }
-                        Err(e) => {
-                            debug!(%member, ?kind, error = %e, "bad answer to a round message")
-                        }
-                    },
-                    Err(e) => {
-                        debug!(%member, ?kind, error = %e, "round message not delivered")
-                    }
-                }
-            });
+            if let Err(e) = self.net.send_message(peer, frame.clone()) {
+                debug!(member = %self.name_of(t), ?kind, error = %e, "round message not sent");
+            }
         }
         Ok(())
     }
@@ -1476,16 +1375,25 @@ impl Driver {
                     return Ok(());
                 };
                 match wire::decode_gossip(&data) {
-                    Ok(Gossip::Round(frame)) => {
-                        if frame.to.is_none_or(|t| t == self.me) {
-                            let meta = FrameMeta::of(&frame);
-                            self.on_frame(member, meta, Envelope::Borrowed(frame.envelope))
-                                .await?;
-                        }
-                    }
                     Ok(Gossip::Announce(a)) => self.on_announcement(member, a),
                     Err(e) => {
                         warn!(from = %self.name_of(member), error = %e, "undecodable gossip message dropped");
+                    }
+                }
+            }
+            NetEvent::Message { from, payload } => {
+                let Some(&member) = self.roster.by_peer.get(&from) else {
+                    return Ok(());
+                };
+                match wire::decode_message(&payload) {
+                    Ok(frame) => {
+                        if frame.to.is_none_or(|t| t == self.me) {
+                            let meta = FrameMeta::of(&frame);
+                            self.on_framed(member, meta, payload).await?;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(from = %self.name_of(member), error = %e, "undecodable message dropped");
                     }
                 }
             }
@@ -1515,21 +1423,6 @@ impl Driver {
             }
         };
         match wire::decode_request(&payload) {
-            Ok(Request::Round(frame)) => {
-                let for_me = frame.to.is_none_or(|t| t == self.me);
-                if for_me && self.leads(frame.round) {
-                    // Held before the round sees the message, which may
-                    // be the one its answer waits for.
-                    self.park(from, frame.round, reply);
-                } else {
-                    // Acknowledged first: the sender only learns it arrived.
-                    acknowledge(reply);
-                }
-                if for_me {
-                    let meta = FrameMeta::of(&frame);
-                    self.on_framed(from, meta, payload).await?;
-                }
-            }
             Ok(Request::Latest(theirs)) => {
                 if theirs == self.settings {
                     answer(reply, Response::Latest(self.announcement));
@@ -1589,52 +1482,6 @@ impl Driver {
         Ok(())
     }
 
-    /// Whether this member leads the current attempt of `round`, running
-    /// here now.
-    fn leads(&self, round: u64) -> bool {
-        matches!(&self.stage, Stage::Running(r) if r.round == round && r.leader() == Some(self.me))
-    }
-
-    /// Holds a member's round message for the answer (see [`Parked`]).
-    fn park(&mut self, from: MemberId, round: u64, reply: ResponseHandle) {
-        let until = TokioInstant::now() + self.park_limit;
-        if let Some(old) = self.parked.insert(
-            from,
-            Parked {
-                reply,
-                round,
-                until,
-            },
-        ) {
-            acknowledge(old.reply);
-        }
-    }
-
-    /// Acknowledges the held messages that will get no round message for
-    /// an answer: held for as long as they may be, or of a round this
-    /// member does not lead (any more).
-    fn release_parked(&mut self) {
-        if self.parked.is_empty() {
-            return;
-        }
-        let now = TokioInstant::now();
-        let leading = match &self.stage {
-            Stage::Running(r) if r.leader() == Some(self.me) => Some(r.round),
-            _ => None,
-        };
-        let done: Vec<MemberId> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| p.until <= now || Some(p.round) != leading)
-            .map(|(m, _)| *m)
-            .collect();
-        for m in done {
-            if let Some(p) = self.parked.remove(&m) {
-                acknowledge(p.reply);
-            }
-        }
-    }
-
     /// Routes a round frame as it came off the network (a request or an
     /// answer, whole): the envelope is the bytes before the frame's
     /// trailer, so the buffer is kept instead of copied.
@@ -1645,7 +1492,7 @@ impl Driver {
         mut bytes: Vec<u8>,
     ) -> anyhow::Result<()> {
         bytes.truncate(bytes.len() - wire::ROUND_TRAILER_BYTES);
-        self.on_frame(from, frame, Envelope::Owned(bytes)).await
+        self.on_frame(from, frame, bytes).await
     }
 
     /// Routes a round message by its round and base model.
@@ -1653,7 +1500,7 @@ impl Driver {
         &mut self,
         from: MemberId,
         frame: FrameMeta,
-        envelope: Envelope<'_>,
+        envelope: Vec<u8>,
     ) -> anyhow::Result<()> {
         let round = frame.round;
         if let Stage::Running(runner) = &self.stage
@@ -1682,7 +1529,7 @@ impl Driver {
                 from,
                 round,
                 base: frame.base,
-                envelope: envelope.into_vec(),
+                envelope,
             });
         }
         Ok(())
@@ -1881,16 +1728,6 @@ impl Driver {
                     self.prepared = Some((round, result));
                 }
             }
-            Internal::Answered { from, payload } => {
-                let frame = match wire::decode_response(&payload) {
-                    Ok(Response::Round(frame)) => frame,
-                    _ => return Ok(()),
-                };
-                if frame.to.is_none_or(|t| t == self.me) {
-                    let meta = FrameMeta::of(&frame);
-                    self.on_framed(from, meta, payload).await?;
-                }
-            }
             Internal::Evaluated {
                 round,
                 source,
@@ -2058,10 +1895,10 @@ enum Committed {
 }
 
 /// What to feed the current round.
-enum Drive<'a> {
+enum Drive {
     Nothing,
     Timeout,
-    Message(MemberId, Envelope<'a>),
+    Message(MemberId, Vec<u8>),
     Input(Input),
 }
 

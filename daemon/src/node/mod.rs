@@ -12,14 +12,11 @@
 //!   round network messages and timeouts. Every round message travels in a
 //!   frame that names the round and the base ([`wire::RoundFrame`]); a
 //!   message whose base differs from this member's never reaches the round,
-//!   so members only ever aggregate updates to the same model. Members send
-//!   their messages to the leader over request-response, and the leader
-//!   holds each request until it has its next message for that member (the
-//!   announcement of the next phase, the member's shares, the outcome),
-//!   which goes back as the answer ([`wire::Response::Round`]); a request
-//!   held too long is acknowledged and the message then goes by request of
-//!   its own, or, for an announcement to every member when none is held,
-//!   over gossip. A
+//!   so members only ever aggregate updates to the same model. Every round
+//!   message, small or bulk, goes straight to its recipients on this
+//!   member's message stream to each
+//!   ([`crate::net::NetworkClient::send_message`]): one frame, no answer,
+//!   the bytes of a message for several members shared between them. A
 //!   [`primia_protocol::Output::PersistReveal`] is written to the store by
 //!   a blocking task while the driver goes on, and is flushed before any
 //!   later message of the round leaves (every send settles it first).

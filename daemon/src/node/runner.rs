@@ -15,29 +15,6 @@ use tracing::Span;
 use super::plain::PlainRound;
 use crate::store::ModelHash;
 
-/// A protocol envelope as it came off the network: borrowed from a gossip
-/// message, or a buffer of its own (a request's payload).
-pub(crate) enum Envelope<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl Envelope<'_> {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        match self {
-            Envelope::Borrowed(b) => b,
-            Envelope::Owned(v) => v,
-        }
-    }
-
-    pub(crate) fn into_vec(self) -> Vec<u8> {
-        match self {
-            Envelope::Borrowed(b) => b.to_vec(),
-            Envelope::Owned(v) => v,
-        }
-    }
-}
-
 /// The state machine of one round.
 pub(crate) enum Machine {
     /// Secure aggregation.
@@ -65,15 +42,12 @@ impl Machine {
         Ok(Self::Secure(Box::new(round)))
     }
 
-    /// Feeds a protocol envelope; an owned one is handed over without a
-    /// copy (the round keeps an outcome envelope as it is).
-    pub(crate) fn handle_envelope(&mut self, now: Instant, from: MemberId, envelope: Envelope<'_>) {
-        match (self, envelope) {
-            (Self::Secure(r), Envelope::Owned(v)) => {
-                r.handle_owned_message(now, from, WireBytes::new(v))
-            }
-            (Self::Secure(r), Envelope::Borrowed(b)) => r.handle_message(now, from, b),
-            (Self::Plain(r), e) => r.handle_message(now, from, e.as_slice()),
+    /// Feeds a protocol envelope as it came off the network, handed over
+    /// without a copy (the round keeps an outcome envelope as it is).
+    pub(crate) fn handle_envelope(&mut self, now: Instant, from: MemberId, envelope: Vec<u8>) {
+        match self {
+            Self::Secure(r) => r.handle_owned_message(now, from, WireBytes::new(envelope)),
+            Self::Plain(r) => r.handle_message(now, from, &envelope),
         }
     }
 

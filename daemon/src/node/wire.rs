@@ -31,10 +31,12 @@ pub const VERSION: u8 = 1;
 /// every member's settings line (`round-protocol=N`). Members compare
 /// settings lines on every new connection, so daemons that would misread
 /// each other's round messages refuse each other, showing both lines,
-/// instead of failing rounds silently. Generation 2: a leader answers a
-/// member's round message with its next round message for it
-/// ([`Response::Round`]), which generation 1 cannot read.
-pub const ROUND_PROTOCOL: u32 = 2;
+/// instead of failing rounds silently. Generation 3: round messages are
+/// one-way messages on each member's message stream
+/// ([`crate::net::MESSAGE_PROTOCOL`], decoded by [`decode_message`]);
+/// generation 2 sent them as requests and had a leader answer with its
+/// next message, which generation 3 neither sends nor reads.
+pub const ROUND_PROTOCOL: u32 = 3;
 
 /// Signing context of model announcements; distinct from every protocol
 /// context, so an announcement can never pass for a protocol message.
@@ -48,12 +50,12 @@ const TAG_ANNOUNCE: u8 = 2;
 const TAG_LATEST: u8 = 3;
 const TAG_MODEL: u8 = 4;
 
-const RESP_ACK: u8 = 0x80;
+// 0x80 (an acknowledgement) and 0x85 (a round message as an answer) were
+// generation 2's and are not reused.
 const RESP_LATEST: u8 = 0x81;
 const RESP_MODEL: u8 = 0x82;
 const RESP_NOT_FOUND: u8 = 0x83;
 const RESP_REFUSED: u8 = 0x84;
-const RESP_ROUND: u8 = 0x85;
 
 /// Longest reason in a refusal, in bytes: room for a member's settings line.
 pub const MAX_REFUSAL_BYTES: usize = 512;
@@ -131,20 +133,11 @@ impl RoundFrame<'_> {
     /// The bytes after the envelope: the frame is `envelope ++ trailer`,
     /// so a transport that sends parts can send the envelope as it is.
     pub fn trailer(&self) -> [u8; ROUND_TRAILER_BYTES] {
-        self.trailer_tagged(TAG_ROUND)
-    }
-
-    /// The bytes after the envelope of the frame as a [`Response::Round`].
-    pub fn response_trailer(&self) -> [u8; ROUND_TRAILER_BYTES] {
-        self.trailer_tagged(RESP_ROUND)
-    }
-
-    fn trailer_tagged(&self, tag: u8) -> [u8; ROUND_TRAILER_BYTES] {
         let mut out = [0u8; ROUND_TRAILER_BYTES];
         out[..8].copy_from_slice(&self.round.to_le_bytes());
         out[8..40].copy_from_slice(&self.base.0);
         out[40..42].copy_from_slice(&self.to.map_or(TO_ALL, |m| m.0).to_le_bytes());
-        out[42] = tag;
+        out[42] = TAG_ROUND;
         out[43] = VERSION;
         out
     }
@@ -255,9 +248,7 @@ impl Announcement {
 
 /// A gossip message of the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gossip<'a> {
-    /// A leader's control message for every member.
-    Round(RoundFrame<'a>),
+pub enum Gossip {
     /// A member holds a new model.
     Announce(Announcement),
 }
@@ -265,9 +256,6 @@ pub enum Gossip<'a> {
 /// A request between members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// A protocol message for this member, or a bulk one (a masked input,
-    /// an outcome).
-    Round(RoundFrame<'a>),
     /// "What is your latest model? These are my settings"; layout
     /// `settings (UTF-8, at most MAX_SETTINGS_BYTES) | TAG_LATEST | VERSION`.
     /// The answer is a refusal starting with [`SETTINGS_DIFFER`] when the
@@ -280,8 +268,6 @@ pub enum Request<'a> {
 /// An answer to a [`Request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Response<'a> {
-    /// Received (a round message); layout `RESP_ACK | VERSION`.
-    Ack,
     /// The responder's latest model; layout: an announcement's body, then
     /// `RESP_LATEST | VERSION`.
     Latest(Announcement),
@@ -291,32 +277,33 @@ pub enum Response<'a> {
     NotFound,
     /// The request was refused; layout `reason | RESP_REFUSED | VERSION`.
     Refused(&'a str),
-    /// Received (a round message), and answered with the responder's next
-    /// round message for the asker: a leader holds a member's message to
-    /// it until it has the member's next instruction, which then costs no
-    /// request of its own. Layout: a round frame's, with `RESP_ROUND` for
-    /// its tag (see [`RoundFrame::response_trailer`]).
-    Round(RoundFrame<'a>),
 }
 
 /// Bytes after a model blob in a [`Response::Model`]: truncate a response
 /// by this much to keep the blob.
 pub const MODEL_TRAILER_BYTES: usize = 2;
 
+/// Decodes a message from a member's message stream: a round frame.
+pub fn decode_message(bytes: &[u8]) -> Result<RoundFrame<'_>, WireError> {
+    let (body, tag) = split(bytes, "message")?;
+    match tag {
+        TAG_ROUND => decode_round(body),
+        tag => Err(WireError::Tag(tag)),
+    }
+}
+
 /// Decodes a gossip message.
-pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip<'_>, WireError> {
+pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip, WireError> {
     let (body, tag) = split(bytes, "gossip message")?;
     match tag {
-        TAG_ROUND => decode_round(body).map(Gossip::Round),
         TAG_ANNOUNCE => Announcement::decode_body(body, "model announcement").map(Gossip::Announce),
         tag => Err(WireError::Tag(tag)),
     }
 }
 
 /// Encodes a gossip message.
-pub fn encode_gossip(g: &Gossip<'_>) -> Vec<u8> {
+pub fn encode_gossip(g: &Gossip) -> Vec<u8> {
     match g {
-        Gossip::Round(f) => f.encode(),
         Gossip::Announce(a) => a.encode(),
     }
 }
@@ -325,7 +312,6 @@ pub fn encode_gossip(g: &Gossip<'_>) -> Vec<u8> {
 pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, WireError> {
     let (body, tag) = split(bytes, "request")?;
     match tag {
-        TAG_ROUND => decode_round(body).map(Request::Round),
         TAG_LATEST => {
             let bad = WireError::Field {
                 what: "latest-model request",
@@ -351,7 +337,6 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, WireError> {
 /// Encodes a request.
 pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
     match req {
-        Request::Round(f) => f.encode(),
         Request::Latest(settings) => {
             let mut end = settings.len().min(MAX_SETTINGS_BYTES);
             while !settings.is_char_boundary(end) {
@@ -373,10 +358,6 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
 pub fn decode_response(bytes: &[u8]) -> Result<Response<'_>, WireError> {
     let (body, tag) = split(bytes, "response")?;
     match tag {
-        RESP_ACK => {
-            Reader::new(body, "acknowledgement").finish()?;
-            Ok(Response::Ack)
-        }
         RESP_LATEST => Announcement::decode_body(body, "latest-model answer").map(Response::Latest),
         RESP_MODEL => Ok(Response::Model(body)),
         RESP_NOT_FOUND => {
@@ -395,7 +376,6 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response<'_>, WireError> {
                 .map(Response::Refused)
                 .map_err(|_| bad)
         }
-        RESP_ROUND => decode_round(body).map(Response::Round),
         tag => Err(WireError::Tag(tag)),
     }
 }
@@ -413,7 +393,6 @@ pub fn model_response(mut blob: Vec<u8>) -> Vec<u8> {
 /// on a character boundary.
 pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
     let (mut out, tag) = match resp {
-        Response::Ack => (Vec::with_capacity(2), RESP_ACK),
         Response::Latest(a) => {
             let mut out = Vec::with_capacity(ANNOUNCE_BODY_BYTES + 2);
             a.put_body(&mut out);
@@ -431,12 +410,6 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
                 end -= 1;
             }
             (reason.as_bytes()[..end].to_vec(), RESP_REFUSED)
-        }
-        Response::Round(frame) => {
-            let mut out = Vec::with_capacity(frame.envelope.len() + ROUND_TRAILER_BYTES);
-            out.extend_from_slice(frame.envelope);
-            out.extend_from_slice(&frame.response_trailer());
-            return out;
         }
     };
     out.extend_from_slice(&[tag, VERSION]);
@@ -562,30 +535,26 @@ mod tests {
         expected.extend_from_slice(&[3, 0, TAG_ROUND, VERSION]);
         assert_eq!(bytes, expected);
         assert_eq!(bytes.len(), 3 + ROUND_TRAILER_BYTES);
-        assert_eq!(decode_gossip(&bytes).unwrap(), Gossip::Round(f));
-        assert_eq!(decode_request(&bytes).unwrap(), Request::Round(f));
+        assert_eq!(decode_message(&bytes).unwrap(), f);
         let all = RoundFrame {
             to: None,
             envelope: b"",
             ..f
         };
-        assert_eq!(decode_gossip(&all.encode()).unwrap(), Gossip::Round(all));
-        // As an answer: the same layout with its own tag.
-        let resp = encode_response(&Response::Round(f));
-        assert_eq!(resp[..resp.len() - 2], bytes[..bytes.len() - 2]);
-        assert_eq!(resp[resp.len() - 2..], [RESP_ROUND, VERSION]);
-        assert_eq!(
-            resp[resp.len() - ROUND_TRAILER_BYTES..],
-            f.response_trailer()
-        );
-        assert_eq!(decode_response(&resp).unwrap(), Response::Round(f));
+        assert_eq!(decode_message(&all.encode()).unwrap(), all);
+        // Only on a message stream: neither gossip nor a request nor an
+        // answer reads as a round frame.
+        for wrong in [
+            decode_gossip(&bytes).err(),
+            decode_request(&bytes).err(),
+            decode_response(&bytes).err(),
+        ] {
+            assert!(matches!(wrong, Some(WireError::Tag(TAG_ROUND))));
+        }
+        let latest = encode_request(&Request::Model(hash(1)));
         assert!(matches!(
-            decode_request(&resp),
-            Err(WireError::Tag(RESP_ROUND))
-        ));
-        assert!(matches!(
-            decode_response(&bytes),
-            Err(WireError::Tag(TAG_ROUND))
+            decode_message(&latest),
+            Err(WireError::Tag(TAG_MODEL))
         ));
     }
 
@@ -645,7 +614,6 @@ mod tests {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }
         for resp in [
-            Response::Ack,
             Response::NotFound,
             Response::Model(b"blob"),
             Response::Model(b""),
@@ -689,7 +657,11 @@ mod tests {
             Err(WireError::Tag(9))
         ));
         assert!(matches!(
-            decode_gossip(&[0, TAG_ROUND, VERSION]),
+            decode_message(&[0, TAG_ROUND, VERSION]),
+            Err(WireError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_message(&[]),
             Err(WireError::Truncated { .. })
         ));
         assert!(matches!(
@@ -716,15 +688,11 @@ mod tests {
             envelope: b"x",
         }
         .encode();
-        let answer = encode_response(&Response::Round(RoundFrame {
-            round: 1,
-            base: hash(1),
-            to: Some(MemberId(2)),
-            envelope: b"x",
-        }));
-        for msg in [frame, answer, announcement().encode()] {
+        let latest = encode_response(&Response::Latest(announcement()));
+        for msg in [frame, latest, announcement().encode()] {
             for cut in 0..msg.len() {
                 for part in [&msg[..cut], &msg[cut..]] {
+                    let _ = decode_message(part);
                     let _ = decode_gossip(part);
                     let _ = decode_request(part);
                     let _ = decode_response(part);
