@@ -488,11 +488,9 @@ async fn messages_share_parts_survive_a_refused_frame_and_misuse_is_an_error() {
         config(&roster, std::slice::from_ref(&a.addr)),
     )
     .await;
-    let c = start(
-        keys.next().unwrap(),
-        config(&roster, std::slice::from_ref(&a.addr)),
-    )
-    .await;
+    let mut short_queue = config(&roster, std::slice::from_ref(&a.addr));
+    short_queue.limits.message_queue = 1;
+    let c = start(keys.next().unwrap(), short_queue).await;
     let mut nodes = vec![a, b, c];
     for node in &mut nodes {
         node.wait_subscribed(&roster).await;
@@ -530,6 +528,28 @@ async fn messages_share_parts_survive_a_refused_frame_and_misuse_is_an_error() {
     assert_eq!(got, payload(100, 2));
     let stats = nodes[0].client.stats().await.unwrap();
     assert_eq!(stats.bad_bulk_frames, 1, "{stats:?}");
+
+    // c may queue one message for a member: sent faster than its writer
+    // takes them, the others are refused at once; the queued ones arrive
+    // in order.
+    let b_peer = nodes[1].peer;
+    let c_client = nodes[2].client.clone();
+    let sent: Vec<Result<(), NetError>> = (0..4)
+        .map(|i| c_client.send_message(b_peer, payload(512 << 10, 10 + i)))
+        .collect();
+    assert!(
+        sent.iter()
+            .any(|r| matches!(r, Err(NetError::OutboxFull { peer, max: 1 }) if *peer == b_peer)),
+        "{sent:?}"
+    );
+    for (i, _) in sent.iter().enumerate().filter(|(_, r)| r.is_ok()) {
+        let (from, got) = nodes[1].next_message().await;
+        assert_eq!(from, nodes[2].peer);
+        assert!(
+            got == payload(512 << 10, 10 + i as u8),
+            "message {i} differs"
+        );
+    }
 
     // Over our own cap, off the roster, or to ourselves: refused at once.
     let err = nodes[0]
