@@ -585,6 +585,43 @@ async fn messages_share_parts_survive_a_refused_frame_and_misuse_is_an_error() {
     }
 }
 
+/// Messages for a member that cannot be reached are dropped, not held:
+/// once its stream cannot be opened, what waits in its queue goes too, so
+/// the queue takes messages again at once instead of after each has tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_an_unreachable_member_are_dropped_not_held() {
+    let (mut keys, roster) = keys(2);
+    let a = start(keys.remove(0), config(&roster, &[])).await;
+    let ghost = roster[1];
+    let fill = |a: &Node| -> (usize, usize) {
+        let results: Vec<_> = (0..40)
+            .map(|i| a.client.send_message(ghost, payload(1000, i)))
+            .collect();
+        for r in &results {
+            assert!(
+                matches!(r, Ok(()) | Err(NetError::OutboxFull { .. })),
+                "{r:?}"
+            );
+        }
+        let queued = results.iter().filter(|r| r.is_ok()).count();
+        (queued, results.len() - queued)
+    };
+    let (queued, refused) = fill(&a);
+    assert!(
+        queued >= 32 && refused > 0,
+        "{queued} queued, {refused} refused"
+    );
+    // Each message would take three failed opens (two pauses of 50 ms) if
+    // the queue were worked through one by one: over 3 s for 32.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (queued, _) = fill(&a);
+    assert!(
+        queued >= 32,
+        "only {queued} queued: the old messages are still held"
+    );
+    a.shut_down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_redials_a_restarted_peer_once_discovery_is_idle() {
     let (keys, roster) = keys(2);

@@ -16,7 +16,8 @@
 //! reaches the sender through yamux's window). Outgoing, each member has a
 //! queue of [`NetLimits::message_queue`](super::NetLimits::message_queue)
 //! messages served by one task; a message that cannot be written within
-//! the request timeout is dropped with its stream. Delivery is at most
+//! the request timeout is dropped with its stream, and when no stream can
+//! be opened (the member is down) the whole queue is. Delivery is at most
 //! once: a message is written again on a fresh stream only when writing it
 //! failed, and the receiver drops a frame it did not read whole. A writer
 //! starts on a new stream only once the reader has taken it (it sends a
@@ -146,15 +147,26 @@ impl Writer {
     /// Runs until every sender of the queue is gone.
     async fn run(mut self, mut queue: mpsc::Receiver<BulkMessage>) {
         while let Some(message) = queue.recv().await {
-            self.deliver(&message).await;
+            if !self.deliver(&message).await {
+                // The member cannot be reached: what waits behind this
+                // message would only wait as long again, and hold its
+                // bytes meanwhile. Later messages try afresh.
+                let mut dropped = 0;
+                while queue.try_recv().is_ok() {
+                    dropped += 1;
+                }
+                if dropped > 0 {
+                    debug!(peer = %self.peer, dropped, "member unreachable; queued messages dropped");
+                }
+            }
         }
     }
 
     /// Writes `message` on the kept stream, or on a fresh one when there
     /// is none or the kept one broke. A message that breaks a fresh stream
     /// too (the member refuses it: over its cap) is dropped; opening is
-    /// tried [`OPEN_ATTEMPTS`] times.
-    async fn deliver(&mut self, message: &BulkMessage) {
+    /// tried [`OPEN_ATTEMPTS`] times. False when no stream could be opened.
+    async fn deliver(&mut self, message: &BulkMessage) -> bool {
         let peer = self.peer;
         let mut opened = 0;
         loop {
@@ -164,7 +176,7 @@ impl Writer {
                 None => {
                     if opened == OPEN_ATTEMPTS {
                         debug!(%peer, "no message stream; message dropped");
-                        return;
+                        return false;
                     }
                     if opened > 0 {
                         tokio::time::sleep(REOPEN_PAUSE).await;
@@ -182,12 +194,12 @@ impl Writer {
             match tokio::time::timeout(self.timeout, message.write(stream, self.max_bytes, WHAT))
                 .await
             {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => return true,
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, fresh, "message stream broke");
                     self.stream = None;
                     if fresh {
-                        return;
+                        return true;
                     }
                 }
                 Err(_) => {
@@ -195,7 +207,7 @@ impl Writer {
                     // rather than on everything queued behind it.
                     debug!(%peer, "message not written in time; dropped with its stream");
                     self.stream = None;
-                    return;
+                    return true;
                 }
             }
         }
