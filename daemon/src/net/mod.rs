@@ -299,8 +299,8 @@ pub struct NetStats {
     /// Inbound requests that failed after they were read: not answered in
     /// time, or the connection closed before the response went out.
     pub failed_inbound_requests: u64,
-    /// Incoming requests and responses refused while reading: over the
-    /// size cap, truncated, or broken off.
+    /// Incoming requests, responses and messages refused while reading:
+    /// over the size cap, truncated, or broken off.
     pub bad_bulk_frames: u64,
 }
 
