@@ -1,8 +1,8 @@
 //! The daemon's TOML configuration and the consortium roster file.
 //!
 //! Both are read once at start. Every error names the file and the field
-//! (`config /etc/primia/node.toml: field `network.listen[1]`: invalid
-//! multiaddr ...`), and relative paths in a config are resolved against the
+//! (``config /etc/primia/node.toml: field `network.listen[1]`: invalid
+//! multiaddr ...``), and relative paths in a config are resolved against the
 //! directory of the config file, so a config means the same thing whatever
 //! directory the daemon is started from.
 //!
