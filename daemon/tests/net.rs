@@ -611,8 +611,8 @@ async fn messages_to_an_unreachable_member_are_dropped_not_held() {
         queued >= 32 && refused > 0,
         "{queued} queued, {refused} refused"
     );
-    // Each message would take three failed opens (two pauses of 50 ms) if
-    // the queue were worked through one by one: over 3 s for 32.
+    // Each message would take eight failed opens (about 250 ms of pauses)
+    // if the queue were worked through one by one: about 8 s for 32.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (queued, _) = fill(&a);
     assert!(

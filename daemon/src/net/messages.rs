@@ -49,10 +49,16 @@ const WHAT: &str = "message";
 const READY: u8 = 1;
 
 /// Streams opened for one message at most before it is dropped.
-const OPEN_ATTEMPTS: u32 = 3;
+const OPEN_ATTEMPTS: u32 = 8;
 
-/// Pause before opening a stream again after a failed attempt.
-const REOPEN_PAUSE: Duration = Duration::from_millis(50);
+/// Pause after the first failed attempt to open a stream; it doubles after
+/// each further one (up to 128 ms, about 250 ms in all), with jitter. The
+/// common failure is not an unreachable member but a busy acceptor:
+/// libp2p-stream hands incoming streams to it through a channel of one, so
+/// when the members of a round all open their first stream to a new leader
+/// at once, most are dropped, and they must not all come back together
+/// nor wait long.
+const FIRST_REOPEN_PAUSE: Duration = Duration::from_millis(2);
 
 /// Outgoing queues, one per member, each served by a task that owns the
 /// member's stream. Shared by every clone of the network client.
@@ -179,7 +185,9 @@ impl Writer {
                         return false;
                     }
                     if opened > 0 {
-                        tokio::time::sleep(REOPEN_PAUSE).await;
+                        let pause = FIRST_REOPEN_PAUSE * (1 << (opened - 1));
+                        let jitter = rand::random_range(0.5..1.5);
+                        tokio::time::sleep(pause.mul_f64(jitter)).await;
                     }
                     opened += 1;
                     match self.open().await {
