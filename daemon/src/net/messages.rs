@@ -34,7 +34,7 @@ use tokio::task::AbortHandle;
 use tracing::debug;
 
 use super::codec::{BulkCodec, BulkMessage, read_frame};
-use super::{NetError, NetEvent};
+use super::{NetConfig, NetError, NetEvent};
 
 /// The protocol of the message streams.
 pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/primia/messages/1");
@@ -73,21 +73,16 @@ pub(crate) struct Outboxes {
 }
 
 impl Outboxes {
-    pub(crate) fn new(
-        control: libp2p_stream::Control,
-        local: PeerId,
-        roster: Arc<HashSet<PeerId>>,
-        max_bytes: usize,
-        queue: usize,
-        timeout: Duration,
-    ) -> Self {
+    /// Messages are capped like requests (`max_request_bytes`) and must be
+    /// written within the request timeout.
+    pub(crate) fn new(control: libp2p_stream::Control, local: PeerId, config: &NetConfig) -> Self {
         Self {
             control,
             local,
-            roster,
-            max_bytes,
-            queue,
-            timeout,
+            roster: Arc::new(config.roster_set()),
+            max_bytes: config.max_request_bytes.min(u32::MAX as usize),
+            queue: config.limits.message_queue,
+            timeout: config.request_timeout,
             queues: Mutex::default(),
         }
     }

@@ -360,26 +360,14 @@ impl Network {
         let (command_tx, command_rx) = mpsc::channel(config.limits.command_queue);
         let (event_tx, event_rx) = mpsc::channel(config.limits.event_queue);
         let local_peer_id = keypair.public().to_peer_id();
-        let request_guard = config.request_timeout + REQUEST_GUARD;
-        let (max_bytes, queue, timeout) = (
-            config.max_request_bytes.min(u32::MAX as usize),
-            config.limits.message_queue,
-            config.request_timeout,
-        );
-        let roster = Arc::new(config.roster_set());
-        let event_loop = EventLoop::new(config, keypair, command_rx, event_tx)?;
+        let event_loop = EventLoop::new(config.clone(), keypair, command_rx, event_tx)?;
+        let outboxes =
+            messages::Outboxes::new(event_loop.message_control(), local_peer_id, &config);
         let client = NetworkClient {
             commands: command_tx,
             local_peer_id,
-            request_guard,
-            outboxes: Arc::new(messages::Outboxes::new(
-                event_loop.message_control(),
-                local_peer_id,
-                roster,
-                max_bytes,
-                queue,
-                timeout,
-            )),
+            request_guard: config.request_timeout + REQUEST_GUARD,
+            outboxes: Arc::new(outboxes),
         };
         Ok(Self {
             client,
